@@ -1,0 +1,15 @@
+"""specjax.models: Flax NNX model families and their HF -> Flax converters.
+
+    from specjax.models import load
+    model = load("smollm2-135m-instruct")        # or an HF dir, a .gguf file, a transformers model
+"""
+
+from .convert import FAMILIES, LoadedModel, family_for, load, load_converted, save
+from .hub import BUILTIN
+from .tokenizer import Tokenizer
+from .transformer import RopeConfig, Transformer, TransformerConfig
+
+__all__ = [
+    "BUILTIN", "FAMILIES", "LoadedModel", "RopeConfig", "Tokenizer", "Transformer", "TransformerConfig",
+    "family_for", "load", "load_converted", "save",
+]

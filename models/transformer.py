@@ -1,0 +1,346 @@
+"""The decoder-only transformer every model family is an instance of, as a Flax NNX module.
+
+Axis vocabulary (used in every einsum string and shape comment):
+  B batch, T tokens in this call, S cache slots, L layers, D model width, N query heads,
+  K kv heads, R query heads per kv head (N = K * R), H head dim, F MLP width, V vocabulary,
+  P learned positions.
+
+The families (llama, qwen, gemma3, gpt2) differ only in the knobs of `TransformerConfig`: which
+norm, which activation, biases, q/k norms, Gemma's sandwich norms, RoPE or learned positions,
+sliding-window layers. Layers are stored stacked (every block parameter has a leading L axis) and
+run under one `lax.scan`, so compile time does not grow with depth and a prefix of the layers can
+run on its own (the layer-skip drafter) without copying weights.
+
+The forward pass is the contract of DESIGN.md: `tokens[B,T], positions[B,T], cache -> logits[B,T,V],
+cache`. A position < 0 marks padding: it writes nothing to the cache and its logits are garbage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from specjax.cache import KVCache
+
+_MASKED = -1e30  # finite, so a fully masked (padding) query gives a uniform softmax instead of NaN
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RopeConfig:
+    """Rotary embedding of one layer kind. `kind` follows transformers' rope_type names."""
+
+    theta: float
+    kind: Literal["default", "linear", "llama3", "factors"] = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_positions: int = 8192
+    freq_factors: tuple[float, ...] = ()  # "factors": one divisor per frequency (llama.cpp's rope_freqs)
+
+    def inv_freq(self, head_dim: int) -> np.ndarray:
+        """Inverse frequencies [H/2], float32, computed as transformers does."""
+        exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+        inv = (1.0 / (np.float32(self.theta) ** exponent)).astype(np.float32)
+        if self.kind == "linear":
+            inv = inv / np.float32(self.factor)
+        elif self.kind == "factors":
+            inv = (inv / np.asarray(self.freq_factors, np.float32)).astype(np.float32)
+        elif self.kind == "llama3":
+            low_wavelen = self.original_max_positions / self.low_freq_factor
+            high_wavelen = self.original_max_positions / self.high_freq_factor
+            wavelen = 2 * math.pi / inv
+            scaled = np.where(wavelen > low_wavelen, inv / self.factor, inv)
+            smooth = (self.original_max_positions / wavelen - self.low_freq_factor) / (
+                self.high_freq_factor - self.low_freq_factor
+            )
+            smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
+            medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+            inv = np.where(medium, smoothed, scaled).astype(np.float32)
+        return inv
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerConfig:
+    """Static description of one decoder. Hashable, so models can be static jit arguments."""
+
+    family: str
+    vocab_size: int  # V, rows of the embedding (may exceed the tokenizer's vocabulary)
+    dim: int  # D
+    mlp_dim: int  # F
+    num_layers: int  # L
+    num_heads: int  # N
+    num_kv_heads: int  # K
+    head_dim: int  # H
+    norm: Literal["rms", "rms_offset", "layer"] = "rms"  # rms_offset: Gemma's x * (1 + w)
+    norm_eps: float = 1e-6
+    mlp: Literal["gated", "plain"] = "gated"
+    activation: Literal["silu", "gelu_tanh", "gelu"] = "silu"
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    sandwich_norm: bool = False  # Gemma: extra norms after attention and after the MLP
+    position: Literal["rope", "learned"] = "rope"
+    max_positions: int | None = None  # P, for learned positions
+    rope: RopeConfig | None = None  # global layers
+    rope_local: RopeConfig | None = None  # sliding-window layers, when they differ
+    sliding_window: int | None = None
+    layer_kinds: tuple[str, ...] = ()  # "global" or "local" per layer; empty means all global
+    embed_scale: float | None = None  # Gemma multiplies embeddings by sqrt(D)
+    attn_scale: float | None = None  # defaults to H ** -0.5
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.layer_kinds and len(self.layer_kinds) != self.num_layers:
+            raise ValueError(f"layer_kinds has {len(self.layer_kinds)} entries for {self.num_layers} layers")
+        if self.position == "rope" and self.rope is None:
+            raise ValueError("a rope model needs a RopeConfig")
+        if self.position == "learned" and not self.max_positions:
+            raise ValueError("a model with learned positions needs max_positions")
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return self.layer_kinds or ("global",) * self.num_layers
+
+    @property
+    def has_local_layers(self) -> bool:
+        return self.sliding_window is not None and "local" in self.kinds
+
+
+def _init(rngs: nnx.Rngs, shape, dtype, scale=0.02):
+    return (scale * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+
+
+class Norm(nnx.Module):
+    """RMSNorm (plain or Gemma's 1 + w) or LayerNorm over the last axis, computed in float32."""
+
+    def __init__(self, width: int, cfg: TransformerConfig, *, dtype, rngs: nnx.Rngs):
+        self.kind, self.eps = cfg.norm, cfg.norm_eps
+        fill = 0.0 if cfg.norm == "rms_offset" else 1.0
+        self.scale = nnx.Param(jnp.full((width,), fill, dtype), axes=("norm",))
+        if cfg.norm == "layer":
+            self.bias = nnx.Param(jnp.zeros((width,), dtype), axes=("norm",))
+
+    def __call__(self, x):
+        dtype = x.dtype
+        x32 = x.astype(jnp.float32)
+        if self.kind == "layer":
+            mean = x32.mean(-1, keepdims=True)
+            var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+            y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+            return (y * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)).astype(dtype)
+        y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
+        if self.kind == "rms_offset":
+            return (y * (1.0 + self.scale.value.astype(jnp.float32))).astype(dtype)
+        # Llama casts back to the activation dtype before scaling (matters in bf16 only).
+        return self.scale.value * y.astype(dtype)
+
+
+def _activation(name: str, x):
+    if name == "silu":
+        return jax.nn.silu(x)
+    if name == "gelu_tanh":
+        return jax.nn.gelu(x, approximate=True)
+    return jax.nn.gelu(x, approximate=False)
+
+
+class Block(nnx.Module):
+    """One pre-norm decoder layer: attention with a KV cache, then the MLP."""
+
+    def __init__(self, cfg: TransformerConfig, *, dtype, rngs: nnx.Rngs):
+        D, F, N, K, H = cfg.dim, cfg.mlp_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.attn_norm = Norm(D, cfg, dtype=dtype, rngs=rngs)
+        self.q = nnx.Param(_init(rngs, (D, N, H), dtype), axes=("embed", "q_heads", "head_dim"))
+        self.k = nnx.Param(_init(rngs, (D, K, H), dtype), axes=("embed", "kv_heads", "head_dim"))
+        self.v = nnx.Param(_init(rngs, (D, K, H), dtype), axes=("embed", "kv_heads", "head_dim"))
+        self.o = nnx.Param(_init(rngs, (N, H, D), dtype), axes=("q_heads", "head_dim", "embed"))
+        if cfg.qkv_bias:
+            self.q_bias = nnx.Param(jnp.zeros((N, H), dtype), axes=("q_heads", "head_dim"))
+            self.k_bias = nnx.Param(jnp.zeros((K, H), dtype), axes=("kv_heads", "head_dim"))
+            self.v_bias = nnx.Param(jnp.zeros((K, H), dtype), axes=("kv_heads", "head_dim"))
+        if cfg.out_bias:
+            self.o_bias = nnx.Param(jnp.zeros((D,), dtype), axes=("embed",))
+        if cfg.qk_norm:
+            self.q_norm = Norm(H, cfg, dtype=dtype, rngs=rngs)
+            self.k_norm = Norm(H, cfg, dtype=dtype, rngs=rngs)
+        if cfg.sandwich_norm:
+            self.post_attn_norm = Norm(D, cfg, dtype=dtype, rngs=rngs)
+            self.post_mlp_norm = Norm(D, cfg, dtype=dtype, rngs=rngs)
+        self.mlp_norm = Norm(D, cfg, dtype=dtype, rngs=rngs)
+        if cfg.mlp == "gated":
+            self.gate = nnx.Param(_init(rngs, (D, F), dtype), axes=("embed", "mlp"))
+        self.up = nnx.Param(_init(rngs, (D, F), dtype), axes=("embed", "mlp"))
+        self.down = nnx.Param(_init(rngs, (F, D), dtype), axes=("mlp", "embed"))
+        if cfg.mlp_bias:
+            self.up_bias = nnx.Param(jnp.zeros((F,), dtype), axes=("mlp",))
+            self.down_bias = nnx.Param(jnp.zeros((D,), dtype), axes=("embed",))
+
+    def __call__(self, x_btd, rope_cs, mask_bts, positions_bt, cache: KVCache, layer, cfg: TransformerConfig):
+        h_btd = self.attn_norm(x_btd)
+        q_btnh = jnp.einsum("btd,dnh->btnh", h_btd, self.q.value)
+        k_btkh = jnp.einsum("btd,dkh->btkh", h_btd, self.k.value)
+        v_btkh = jnp.einsum("btd,dkh->btkh", h_btd, self.v.value)
+        if cfg.qkv_bias:
+            q_btnh = q_btnh + self.q_bias.value
+            k_btkh = k_btkh + self.k_bias.value
+            v_btkh = v_btkh + self.v_bias.value
+        if cfg.qk_norm:
+            q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
+        if rope_cs is not None:
+            cos_bth, sin_bth = rope_cs
+            q_btnh, k_btkh = _rotate(q_btnh, cos_bth, sin_bth), _rotate(k_btkh, cos_bth, sin_bth)
+        cache = cache.write(layer, k_btkh, v_btkh, positions_bt)
+        attn_btnh = _attention(q_btnh, cache.k[layer], cache.v[layer], mask_bts, cfg)
+        o_btd = jnp.einsum("btnh,nhd->btd", attn_btnh, self.o.value)
+        if cfg.out_bias:
+            o_btd = o_btd + self.o_bias.value
+        if cfg.sandwich_norm:
+            o_btd = self.post_attn_norm(o_btd)
+        x_btd = x_btd + o_btd
+
+        h_btd = self.mlp_norm(x_btd)
+        up_btf = jnp.einsum("btd,df->btf", h_btd, self.up.value)
+        if cfg.mlp_bias:
+            up_btf = up_btf + self.up_bias.value
+        if cfg.mlp == "gated":
+            act_btf = _activation(cfg.activation, jnp.einsum("btd,df->btf", h_btd, self.gate.value)) * up_btf
+        else:
+            act_btf = _activation(cfg.activation, up_btf)
+        m_btd = jnp.einsum("btf,fd->btd", act_btf, self.down.value)
+        if cfg.mlp_bias:
+            m_btd = m_btd + self.down_bias.value
+        if cfg.sandwich_norm:
+            m_btd = self.post_mlp_norm(m_btd)
+        return x_btd + m_btd, cache
+
+
+def _rotate(x_btnh, cos_bth, sin_bth):
+    """Rotary embedding in the rotate-half layout of HF checkpoints."""
+    half = x_btnh.shape[-1] // 2
+    x32 = x_btnh.astype(jnp.float32)
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    out = x32 * cos_bth[:, :, None, :] + rotated * sin_bth[:, :, None, :]
+    return out.astype(x_btnh.dtype)
+
+
+def _rope_tables(rope: RopeConfig, head_dim: int, positions_bt):
+    inv_freq = jnp.asarray(rope.inv_freq(head_dim))  # [H/2]
+    angles_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq
+    angles_bth = jnp.concatenate([angles_bth, angles_bth], axis=-1)
+    return jnp.cos(angles_bth), jnp.sin(angles_bth)
+
+
+def _attention(q_btnh, k_bskh, v_bskh, mask_bts, cfg: TransformerConfig):
+    B, T, N, H = q_btnh.shape
+    K = k_bskh.shape[2]
+    q_btkrh = q_btnh.reshape(B, T, K, N // K, H)
+    scale = cfg.attn_scale if cfg.attn_scale is not None else H**-0.5
+    scores_bkrts = jnp.einsum("btkrh,bskh->bkrts", q_btkrh, k_bskh.astype(q_btnh.dtype))
+    scores_bkrts = scores_bkrts.astype(jnp.float32) * scale
+    if cfg.attn_softcap is not None:
+        scores_bkrts = jnp.tanh(scores_bkrts / cfg.attn_softcap) * cfg.attn_softcap
+    scores_bkrts = jnp.where(mask_bts[:, None, None], scores_bkrts, _MASKED)
+    probs_bkrts = jax.nn.softmax(scores_bkrts, axis=-1).astype(q_btnh.dtype)
+    out_btkrh = jnp.einsum("bkrts,bskh->btkrh", probs_bkrts, v_bskh.astype(q_btnh.dtype))
+    return out_btkrh.reshape(B, T, N, H)
+
+
+def _masks(positions_bt, size: int, window: int | None):
+    """Causal mask [B,T,S] over cache slots (slot s holds position s), optionally windowed."""
+    slots_s = jnp.arange(size)
+    pos_bt1 = positions_bt[..., None]
+    causal_bts = (slots_s <= pos_bt1) & (pos_bt1 >= 0)
+    if window is None:
+        return causal_bts, causal_bts
+    return causal_bts, causal_bts & (slots_s > pos_bt1 - window)
+
+
+class Transformer(nnx.Module):
+    """A decoder-only language model; see the module docstring for the contract."""
+
+    def __init__(self, cfg: TransformerConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = cfg
+        self.dtype = jnp.dtype(dtype)
+        self.embed = nnx.Param(_init(rngs, (cfg.vocab_size, cfg.dim), dtype), axes=("vocab", "embed"))
+        if cfg.position == "learned":
+            self.pos_embed = nnx.Param(_init(rngs, (cfg.max_positions, cfg.dim), dtype), axes=("positions", "embed"))
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, axis_name=None)
+        def make_blocks(rngs):
+            return Block(cfg, dtype=dtype, rngs=rngs)
+
+        self.blocks = make_blocks(rngs)
+        self.final_norm = Norm(cfg.dim, cfg, dtype=dtype, rngs=rngs)
+        if not cfg.tie_embeddings:
+            self.lm_head = nnx.Param(_init(rngs, (cfg.dim, cfg.vocab_size), dtype), axes=("embed", "vocab"))
+
+    def init_cache(self, batch: int, size: int, dtype=None) -> KVCache:
+        cfg = self.config
+        return KVCache.zeros(
+            layers=cfg.num_layers, batch=batch, size=size, kv_heads=cfg.num_kv_heads,
+            head_dim=cfg.head_dim, dtype=dtype or self.dtype,
+        )
+
+    def hidden(self, tokens_bt, positions_bt, cache: KVCache, *, layers: int | None = None):
+        """Run the first `layers` blocks (all by default) and the final norm: hidden [B,T,D], cache."""
+        cfg = self.config
+        x_btd = jnp.take(self.embed.value, tokens_bt, axis=0)
+        if cfg.embed_scale is not None:
+            x_btd = x_btd * jnp.asarray(cfg.embed_scale, x_btd.dtype)
+        if cfg.position == "learned":
+            pos_bt = jnp.clip(positions_bt, 0, cfg.max_positions - 1)
+            x_btd = x_btd + jnp.take(self.pos_embed.value, pos_bt, axis=0)
+
+        global_bts, local_bts = _masks(positions_bt, cache.size, cfg.sliding_window)
+        rope_global = rope_local = None
+        if cfg.position == "rope":
+            rope_global = _rope_tables(cfg.rope, cfg.head_dim, positions_bt)
+            rope_local = _rope_tables(cfg.rope_local, cfg.head_dim, positions_bt) if cfg.rope_local else rope_global
+        is_local_l = jnp.asarray([kind == "local" for kind in cfg.kinds])
+
+        block_def, block_state = nnx.split(self.blocks)
+        n_layers = cfg.num_layers if layers is None else layers
+
+        def step(carry, layer):
+            x_btd, cache = carry
+            block = nnx.merge(block_def, jax.tree.map(lambda a: a[layer], block_state))
+            local = is_local_l[layer]
+            mask_bts = jnp.where(local, local_bts, global_bts) if cfg.has_local_layers else global_bts
+            rope_cs = None
+            if rope_global is not None:
+                if rope_local is rope_global:
+                    rope_cs = rope_global
+                else:
+                    rope_cs = jax.tree.map(lambda g, l: jnp.where(local, l, g), rope_global, rope_local)
+            x_btd, cache = block(x_btd, rope_cs, mask_bts, positions_bt, cache, layer, cfg)
+            return (x_btd, cache), None
+
+        (x_btd, cache), _ = jax.lax.scan(step, (x_btd, cache), jnp.arange(n_layers))
+        return self.final_norm(x_btd), cache
+
+    def logits(self, hidden_btd):
+        """Project hidden states to float32 logits [B,T,V]."""
+        cfg = self.config
+        if cfg.tie_embeddings:
+            logits_btv = jnp.einsum("btd,vd->btv", hidden_btd, self.embed.value)
+        else:
+            logits_btv = jnp.einsum("btd,dv->btv", hidden_btd, self.lm_head.value)
+        logits_btv = logits_btv.astype(jnp.float32)
+        if cfg.final_softcap is not None:
+            logits_btv = jnp.tanh(logits_btv / cfg.final_softcap) * cfg.final_softcap
+        return logits_btv
+
+    def __call__(self, tokens_bt, positions_bt, cache: KVCache, *, layers: int | None = None):
+        hidden_btd, cache = self.hidden(tokens_bt, positions_bt, cache, layers=layers)
+        return self.logits(hidden_btd), cache
