@@ -297,11 +297,14 @@ class LoadedModel:
         return sum(x.nbytes for x in jax.tree.leaves(nnx.state(self.module, nnx.Param)))
 
 
-def load(source, *, dtype="float32", progress: bool = True, name: str | None = None) -> LoadedModel:
-    """Load and convert a model from any supported source (see the module docstring)."""
+def load(source, *, dtype=None, progress: bool = True, name: str | None = None) -> LoadedModel:
+    """Load and convert a model from any supported source (see the module docstring).
+
+    dtype: "float32" / "bfloat16" for the params; by default float32, or for a directory written
+    by `save`, the dtype it was saved in.
+    """
     from . import hub
 
-    dtype = resolve_dtype(dtype)
     if isinstance(source, (str, os.PathLike)):
         if isinstance(source, str) and source in hub.BUILTIN:
             return load(hub.resolve(source, progress=progress), dtype=dtype, progress=progress, name=source)
@@ -317,7 +320,7 @@ def load(source, *, dtype="float32", progress: bool = True, name: str | None = N
     family = family_for(ckpt.config, ckpt.origin)
     cfg = family.config_from_hf(ckpt.config)
     pure = convert_state(ckpt, family, cfg, progress=progress)
-    module = build_model(cfg, pure, dtype, ckpt.origin)
+    module = build_model(cfg, pure, resolve_dtype(dtype or "float32"), ckpt.origin)
     tokenizer = None
     if hasattr(ckpt, "reader"):
         tokenizer = Tokenizer.from_gguf(ckpt.field)

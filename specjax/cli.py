@@ -1,0 +1,94 @@
+"""The `specjax` command line: generate, convert (more subcommands arrive with their issues).
+
+The CLI is where the engine and the model zoo meet: it resolves model names and paths with
+`specjax.models` and hands the loaded models to the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from specjax.errors import SpecJaxError
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _cmd_generate(args) -> int:
+    from specjax import api
+    from specjax.config import SamplingConfig
+    from specjax.models import load
+
+    sampling = SamplingConfig.make(args.temperature, args.top_k, args.top_p)
+    start = time.perf_counter()
+    target = load(args.target, dtype=args.dtype, progress=not args.json)
+    load_s = time.perf_counter() - start
+    prompts = args.prompt or [sys.stdin.read()]
+    result = api.generate(target, prompts, sampling=sampling, max_new_tokens=args.max_new_tokens,
+                          seed=args.seed, chat=args.chat)
+    result.timing["load_s"] = load_s
+    if args.json:
+        print(result.to_json())
+        return 0
+    for prompt, text in zip(prompts, result.text or []):
+        print(f"### prompt\n{prompt}\n### {args.target}\n{text}\n")
+    t = result.timing
+    print(f"[{sum(result.stats['new_tokens'])} tokens, {t['tokens_per_s']:.1f} tok/s; "
+          f"load {load_s:.1f}s, compile {t['compile_s']:.1f}s, run {t['run_s']:.2f}s]", file=sys.stderr)
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from specjax.models import load, save
+    from specjax.models.convert import iter_params
+
+    start = time.perf_counter()
+    model = load(args.source, dtype=args.dtype, progress=True)
+    out = save(model, args.out, progress=True)
+    n_params = sum(int(v.size) for _, v in iter_params(model))
+    print(f"converted {model.name} ({model.config.family}, {n_params:,} parameters, {args.dtype}) "
+          f"to {out} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specjax", description="Exact speculative decoding in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate text from a prompt")
+    g.add_argument("--target", required=True,
+                   help="built-in model name (smollm2-135m-instruct, gemma3-270m), HF dir, .gguf file or converted dir")
+    g.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); default: stdin")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="params dtype (default: float32, or the dtype a converted directory was saved in)")
+    g.add_argument("--json", action="store_true", help="print one JSON object with text, token ids and statistics")
+    _add_sampling(g)
+    g.set_defaults(func=_cmd_generate)
+
+    c = sub.add_parser("convert", help="convert a checkpoint to specjax params (orbax)")
+    c.add_argument("source", help="built-in model name, HF model dir or .gguf file")
+    c.add_argument("--out", required=True, help="output directory")
+    c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    c.set_defaults(func=_cmd_convert)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecJaxError as err:
+        print(f"specjax: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny random HF models of every family, and the real models (loaded once)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+TINY_VOCAB = 101
+
+
+def _tiny_configs():
+    import transformers as tf
+
+    common = dict(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=96, num_attention_heads=4)
+    return {
+        "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**common, num_hidden_layers=3, num_key_value_heads=4,
+                                                           tie_word_embeddings=True)),
+        "llama3-rope-scaling": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(
+            **common, num_hidden_layers=2, num_key_value_heads=2, tie_word_embeddings=False,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 16})),
+        "tinyllama-gqa": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(
+            **common, num_hidden_layers=2, num_key_value_heads=1, tie_word_embeddings=False, rope_theta=10000.0)),
+        "mistral-gqa-window": lambda: tf.MistralForCausalLM(tf.MistralConfig(
+            **common, num_hidden_layers=2, num_key_value_heads=2, sliding_window=5, tie_word_embeddings=False)),
+        "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**common, num_hidden_layers=2, num_key_value_heads=2,
+                                                          tie_word_embeddings=True)),
+        "qwen3": lambda: tf.Qwen3ForCausalLM(tf.Qwen3Config(**common, num_hidden_layers=2, num_key_value_heads=2,
+                                                          head_dim=24, tie_word_embeddings=False)),
+        "gemma3": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(
+            **common, num_hidden_layers=4, num_key_value_heads=1, head_dim=32, sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+            query_pre_attn_scalar=24, rope_theta=1_000_000.0)),
+        "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=TINY_VOCAB, n_embd=64, n_layer=2, n_head=4,
+                                                         n_positions=64, bos_token_id=0, eos_token_id=1)),
+    }
+
+
+TINY_FAMILIES = list(_tiny_configs())
+
+
+def make_tiny_hf(name: str, seed: int = 0):
+    """A tiny random transformers model; every parameter (norms included) is perturbed so that a
+    weight that is dropped, transposed or offset wrongly changes the logits."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = _tiny_configs()[name]().float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@pytest.fixture(params=TINY_FAMILIES)
+def tiny_hf(request):
+    return request.param, make_tiny_hf(request.param)
+
+
+def torch_logits(model, tokens_bt: np.ndarray, lengths_b) -> np.ndarray:
+    """Reference logits from transformers for right-padded rows of the given lengths."""
+    import torch
+
+    T = tokens_bt.shape[1]
+    mask = np.array([[1] * n + [0] * (T - n) for n in lengths_b])
+    with torch.no_grad():
+        return model(torch.tensor(tokens_bt), attention_mask=torch.tensor(mask)).logits.float().numpy()
+
+
+# -- real models -------------------------------------------------------------------------------
+
+REAL_MODELS = ["smollm2-135m-instruct", "gemma3-270m"]
+
+
+@pytest.fixture(scope="session")
+def real_model_cache():
+    return {}
+
+
+def load_real(cache: dict, name: str):
+    """(specjax LoadedModel, transformers model, transformers tokenizer), built once per session."""
+    if name not in cache:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from specjax.models import load
+        from specjax.models.hub import resolve
+
+        path = resolve(name)
+        ours = load(name, progress=False)
+        ref = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        cache[name] = (ours, ref, tok)
+    return cache[name]

@@ -1,0 +1,53 @@
+"""The command line: convert a model directory, generate from it as JSON, and clean errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TINY_VOCAB, make_tiny_hf
+
+from specjax.cli import main
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A tiny HF model directory with a real tokenizer.json (a small BPE trained here)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    d = tmp_path_factory.mktemp("hf")
+    make_tiny_hf("llama").save_pretrained(d)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=["<unk>", "<s>", "</s>"])
+    tok.train_from_iterator(["hello world, the quick brown fox jumps over the lazy dog"] * 10, trainer)
+    assert tok.get_vocab_size() <= TINY_VOCAB
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    return d
+
+
+def test_convert_then_generate_json(hf_dir, tmp_path, capsys):
+    out = tmp_path / "converted"
+    assert main(["convert", str(hf_dir), "--out", str(out)]) == 0
+    assert (out / "specjax_config.json").exists() and (out / "params").is_dir()
+    capsys.readouterr()
+
+    assert main(["generate", "--target", str(out), "--prompt", "hello world", "--max-new-tokens", "6", "--json"]) == 0
+    converted = json.loads(capsys.readouterr().out)
+    assert main(["generate", "--target", str(hf_dir), "--prompt", "hello world", "--max-new-tokens", "6", "--json"]) == 0
+    direct = json.loads(capsys.readouterr().out)
+
+    assert set(converted) >= {"tokens", "text", "prompt_tokens", "stats", "timing"}
+    assert 1 <= len(converted["tokens"][0]) <= 6
+    assert converted["tokens"] == direct["tokens"]
+    assert isinstance(converted["text"][0], str)
+    assert converted["timing"]["compile_s"] >= 0 and converted["timing"]["run_s"] > 0
+
+
+def test_cli_errors_are_clean(capsys):
+    assert main(["generate", "--target", "no-such-model", "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-model" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["generate", "--target", "x", "--temperature", "hot"])
