@@ -3,7 +3,8 @@
 This is the host-side wrapper around the jitted loops in `loop.py`: it tokenizes, pads prompts to
 length buckets and the batch to a batch bucket (so a new prompt in a seen bucket reuses the compiled
 program), compiles ahead of time (so compile time is reported apart from run time), runs, and
-unpads. The model objects it takes are duck-typed (`.module`, `.tokenizer`); see `specjax.lm`.
+unpads. Model objects are duck-typed (`.module`, `.tokenizer`, e.g. `specjax.models.load(...)`);
+the engine never imports the model zoo.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax import loop
+from specjax import loop, metrics
 from specjax.config import DecodeConfig, SamplingConfig
+from specjax.drafters.model import ModelDrafter
 from specjax.errors import ConfigError
 from specjax.lm import LM
 
@@ -40,10 +42,10 @@ class GenerateResult:
     timing: dict[str, float]
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=None)
+        return json.dumps(dataclasses.asdict(self))
 
 
-class _Compiled:
+class CompiledCache:
     """Ahead-of-time compiled executables, one per (static settings, bucket); counts compilations."""
 
     def __init__(self):
@@ -52,21 +54,23 @@ class _Compiled:
 
     def get(self, key, fn, *args, **static):
         if key not in self.table:
-            start = time.perf_counter()
+            started = time.perf_counter()
             self.table[key] = fn.lower(*args, **static).compile()
             self.compilations += 1
-            return self.table[key], time.perf_counter() - start
+            return self.table[key], time.perf_counter() - started
         return self.table[key], 0.0
 
 
-COMPILED = _Compiled()
+COMPILED = CompiledCache()
 
 
 def encode_prompts(tokenizer, prompts: Sequence, *, chat: bool) -> list[list[int]]:
-    if isinstance(prompts, str):
+    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
         prompts = [prompts]
+    if not prompts:
+        raise ConfigError("prompts is empty")
     out = []
-    for p in prompts:
+    for i, p in enumerate(prompts):
         if isinstance(p, str):
             if tokenizer is None:
                 raise ConfigError("text prompts need a model with a tokenizer; pass token ids instead")
@@ -76,10 +80,9 @@ def encode_prompts(tokenizer, prompts: Sequence, *, chat: bool) -> list[list[int
             else:
                 out.append(tokenizer.encode(p))
         else:
-            ids = [int(t) for t in p]
-            out.append(ids)
+            out.append([int(t) for t in p])
         if not out[-1]:
-            raise ConfigError(f"prompt {len(out) - 1} is empty after tokenization")
+            raise ConfigError(f"prompt {i} is empty after tokenization")
     return out
 
 
@@ -97,38 +100,77 @@ def pad_batch(prompts: list[list[int]], pad_id: int = 0):
     return prompt_bp, lengths_b, active_b
 
 
-def generate(target, prompts, *, sampling: SamplingConfig | None = None, max_new_tokens: int = 64,
-             seed: int = 0, chat: bool = False, eos_ids: Sequence[int] | None = None) -> GenerateResult:
+def resolve_drafter(draft, target) -> tuple[Any, Any]:
+    """`draft` -> (drafter, draft_params). Accepts a loaded model (`.module`: a draft model with the
+    target's tokenizer) or an already built (drafter, params) pair."""
+    if isinstance(draft, tuple) and len(draft) == 2:
+        return draft
+    if hasattr(draft, "module"):
+        lm, params = LM.split(draft.module)
+        return ModelDrafter(lm), params
+    raise ConfigError(f"draft must be a loaded model or a (drafter, params) pair, got {type(draft).__name__}")
+
+
+def generate(target, prompts, *, draft=None, sampling: SamplingConfig | None = None, gamma: int = 4,
+             max_new_tokens: int = 64, seed: int = 0, chat: bool = False,
+             eos_ids: Sequence[int] | None = None) -> GenerateResult:
     """Generate continuations of `prompts` (strings, or lists of token ids) with `target`.
 
-    target: a loaded model (`specjax.models.load(...)`): anything with `.module` (the NNX model)
-    and `.tokenizer`. sampling: temperature / top-k / top-p (greedy by default).
+    draft: None for plain autoregressive decoding, else the drafter (see `resolve_drafter`).
+    sampling: temperature / top-k / top-p (greedy by default). gamma: proposals per round (G).
+    Returns tokens and text per prompt, statistics (acceptance, tokens per round) and timings
+    (compile time apart from run time).
     """
     sampling = sampling or SamplingConfig()
+    if not isinstance(gamma, int) or gamma < 1:
+        raise ConfigError(f"gamma must be an integer >= 1, got {gamma!r}")
     tokenizer = getattr(target, "tokenizer", None)
     ids = encode_prompts(tokenizer, prompts, chat=chat)
     if eos_ids is None:
         eos_ids = tuple(tokenizer.eos_ids) if tokenizer is not None else ()
     lm, params = LM.split(target.module)
+    V = lm.config.vocab_size
+    for i, p in enumerate(ids):
+        if min(p) < 0 or max(p) >= V:
+            raise ConfigError(f"prompt {i} has token ids outside [0, {V})")
     vocab = tokenizer.vocab_size if tokenizer is not None else None
     decode = DecodeConfig(max_new_tokens=max_new_tokens, eos_ids=tuple(int(e) for e in eos_ids),
-                          vocab_size=vocab if vocab and vocab < lm.config.vocab_size else None)
+                          vocab_size=vocab if vocab and vocab < V else None)
     prompt_bp, lengths_b, active_b = pad_batch(ids)
-    size = prompt_bp.shape[1] + max_new_tokens + 1
+    P = prompt_bp.shape[1]
     key = jax.random.key(seed)
-    args = (lm, params, jnp.asarray(prompt_bp), jnp.asarray(lengths_b), jnp.asarray(active_b), key)
-    static = dict(sampling_cfg=sampling, decode=decode, size=size)
-    compiled, compile_s = COMPILED.get(("ar", lm, sampling, decode, size, prompt_bp.shape), loop.generate_ar,
-                                       *args, **static)
-    start = time.perf_counter()
-    state = compiled(*args[1:])
+    inputs = (jnp.asarray(prompt_bp), jnp.asarray(lengths_b), jnp.asarray(active_b), key)
+    if draft is None:
+        size = P + max_new_tokens + 1
+        static = dict(sampling_cfg=sampling, decode=decode, size=size)
+        compiled, compile_s = COMPILED.get(("ar", lm, sampling, decode, size, prompt_bp.shape),
+                                           loop.generate_ar, lm, params, *inputs, **static)
+        run_args = (params, *inputs)
+    else:
+        drafter, draft_params = resolve_drafter(draft, target)
+        size = P + max_new_tokens + gamma + 2
+        static = dict(gamma=gamma, sampling_cfg=sampling, decode=decode, size=size)
+        compiled, compile_s = COMPILED.get(("spec", lm, drafter, gamma, sampling, decode, size, prompt_bp.shape),
+                                           loop.generate_spec, lm, params, drafter, draft_params, *inputs, **static)
+        run_args = (params, draft_params, *inputs)
+    started = time.perf_counter()
+    state = compiled(*run_args)
     jax.block_until_ready(state.tokens)
-    run_s = time.perf_counter() - start
+    run_s = time.perf_counter() - started
+    return _result(state, ids, tokenizer, compile_s, run_s, speculative=draft is not None)
 
+
+def _result(state, ids, tokenizer, compile_s, run_s, *, speculative: bool) -> GenerateResult:
+    n = len(ids)
     tokens_bs, lengths, plen = (np.asarray(x) for x in (state.tokens, state.lengths, state.prompt_lengths))
-    out = [tokens_bs[i, plen[i]:lengths[i]].tolist() for i in range(len(ids))]
-    n_new = sum(len(o) for o in out)
+    out = [tokens_bs[i, plen[i]:lengths[i]].tolist() for i in range(n)]
+    new_tokens = [len(o) for o in out]
     text = [tokenizer.decode(o) for o in out] if tokenizer is not None else None
-    stats = {"new_tokens": [len(o) for o in out], "target_steps": int(state.steps) + 1}
-    timing = {"compile_s": compile_s, "run_s": run_s, "tokens_per_s": n_new / run_s if run_s > 0 else 0.0}
+    stats: dict[str, Any] = {"new_tokens": new_tokens, "target_forward_passes": int(state.steps) + 1}
+    if speculative:
+        s = state.stats
+        emitted = np.maximum(np.asarray(lengths - plen - 1), 0)
+        stats.update(metrics.summarize(s.rounds, s.drafted, s.accepted, s.accepted_at, emitted, rows=n))
+    total = sum(new_tokens)
+    timing = {"compile_s": compile_s, "run_s": run_s, "tokens_per_s": total / run_s if run_s > 0 else 0.0}
     return GenerateResult(tokens=out, text=text, prompt_tokens=ids, stats=stats, timing=timing)

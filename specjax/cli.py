@@ -28,18 +28,22 @@ def _cmd_generate(args) -> int:
     sampling = SamplingConfig.make(args.temperature, args.top_k, args.top_p)
     start = time.perf_counter()
     target = load(args.target, dtype=args.dtype, progress=not args.json)
+    draft = load(args.draft, dtype=args.dtype, progress=not args.json) if args.draft else None
     load_s = time.perf_counter() - start
     prompts = args.prompt or [sys.stdin.read()]
-    result = api.generate(target, prompts, sampling=sampling, max_new_tokens=args.max_new_tokens,
-                          seed=args.seed, chat=args.chat)
+    result = api.generate(target, prompts, draft=draft, gamma=args.gamma, sampling=sampling,
+                          max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat)
     result.timing["load_s"] = load_s
     if args.json:
         print(result.to_json())
         return 0
     for prompt, text in zip(prompts, result.text or []):
         print(f"### prompt\n{prompt}\n### {args.target}\n{text}\n")
-    t = result.timing
-    print(f"[{sum(result.stats['new_tokens'])} tokens, {t['tokens_per_s']:.1f} tok/s; "
+    t, s = result.timing, result.stats
+    spec = ""
+    if "acceptance_rate" in s and s["acceptance_rate"] is not None:
+        spec = f"acceptance {s['acceptance_rate']:.2f}, {s['mean_tokens_per_round']:.2f} tokens/round; "
+    print(f"[{sum(s['new_tokens'])} tokens, {t['tokens_per_s']:.1f} tok/s; {spec}"
           f"load {load_s:.1f}s, compile {t['compile_s']:.1f}s, run {t['run_s']:.2f}s]", file=sys.stderr)
     return 0
 
@@ -64,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate text from a prompt")
     g.add_argument("--target", required=True,
                    help="built-in model name (smollm2-135m-instruct, gemma3-270m), HF dir, .gguf file or converted dir")
+    g.add_argument("--draft", help="draft model with the target's tokenizer (name, HF dir, .gguf or converted dir); "
+                   "omit for plain autoregressive decoding")
+    g.add_argument("--gamma", type=int, default=4, help="proposals per speculation round (G), default 4")
     g.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); default: stdin")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")

@@ -28,14 +28,38 @@ def _top_k_mask(logits_v, k: int):
     return jnp.where(logits_v >= kth, logits_v, -jnp.inf)
 
 
-def _top_p_mask(logits_v, p: float):
-    """Keep the smallest set of highest-probability ids whose mass reaches p (ties at the edge kept)."""
-    order_v = jnp.argsort(-logits_v, axis=-1)
-    sorted_v = jnp.take_along_axis(logits_v, order_v, axis=-1)
-    probs_v = jax.nn.softmax(sorted_v, axis=-1)
+TOP_P_BOUND = 128  # candidates examined by the fast top-p path before falling back to a full sort
+
+
+def _nucleus_threshold(sorted_v, lse, p: float):
+    """Smallest kept logit, given logits sorted in descending order (a prefix suffices)."""
+    probs_v = jnp.exp(sorted_v - lse)
     mass_before_v = jnp.cumsum(probs_v, axis=-1) - probs_v
-    keep_sorted_v = mass_before_v < p  # the first id is always kept
-    threshold = jnp.min(jnp.where(keep_sorted_v, sorted_v, jnp.inf), axis=-1, keepdims=True)
+    keep_v = mass_before_v < p  # the first id is always kept
+    return jnp.min(jnp.where(keep_v, sorted_v, jnp.inf), axis=-1, keepdims=True), probs_v
+
+
+def _top_p_mask(logits_v, p: float):
+    """Keep the smallest set of highest-probability ids whose mass reaches p (ties at the edge kept).
+
+    Exact and cheap: the nucleus is a prefix of the descending order, so `lax.top_k` over
+    TOP_P_BOUND candidates finds it whenever those candidates hold at least p of the mass; only
+    otherwise (a flat distribution) does the whole batch fall back to a full sort of V.
+    """
+    V = logits_v.shape[-1]
+    lse = jax.nn.logsumexp(logits_v, axis=-1, keepdims=True)
+
+    def full_sort(_):
+        sorted_v = -jnp.sort(-logits_v, axis=-1)
+        return _nucleus_threshold(sorted_v, lse, p)[0]
+
+    if V <= TOP_P_BOUND:
+        threshold = full_sort(None)
+    else:
+        top_k = jax.lax.top_k(logits_v, TOP_P_BOUND)[0]
+        fast, probs_k = _nucleus_threshold(top_k, lse, p)
+        fits = jnp.sum(probs_k, axis=-1) >= p
+        threshold = jax.lax.cond(jnp.all(fits), lambda _: fast, full_sort, None)
     return jnp.where(logits_v >= threshold, logits_v, -jnp.inf)
 
 

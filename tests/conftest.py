@@ -97,3 +97,41 @@ def load_real(cache: dict, name: str):
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         cache[name] = (ours, ref, tok)
     return cache[name]
+
+
+# -- tiny engine models (no torch) -------------------------------------------------------------
+
+class Tiny:
+    """A tiny specjax model with the `.module` / `.tokenizer` shape of a loaded model."""
+
+    def __init__(self, module, tokenizer=None):
+        self.module, self.tokenizer = module, tokenizer
+
+
+def tiny_lm(seed: int = 0, *, vocab: int = 64, layers: int = 2, scale: float = 1.0, family: str = "llama"):
+    """A random tiny decoder built directly in NNX. `scale` multiplies every weight matrix so the
+    next-token distributions are peaked and varied rather than near-uniform."""
+    import jax
+    from flax import nnx
+
+    from specjax.models import RopeConfig, Transformer, TransformerConfig
+
+    cfg = TransformerConfig(family=family, vocab_size=vocab, dim=32, mlp_dim=64, num_layers=layers, num_heads=4,
+                            num_kv_heads=2, head_dim=8, rope=RopeConfig(theta=10000.0), tie_embeddings=False)
+    module = Transformer(cfg, rngs=nnx.Rngs(seed))
+    graphdef, state = nnx.split(module)
+    state = jax.tree.map(lambda x: x * scale * 25 if x.ndim >= 2 else x, state)
+    return Tiny(nnx.merge(graphdef, state))
+
+
+def perturbed(model: "Tiny", seed: int, noise: float) -> "Tiny":
+    """A copy of `model` with relative Gaussian noise on every parameter (a 'good draft')."""
+    import jax
+    from flax import nnx
+
+    graphdef, state = nnx.split(model.module)
+    leaves, tree = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    leaves = [x + noise * x.std() * jax.random.normal(k, x.shape, x.dtype) if x.ndim >= 2 else x
+              for x, k in zip(leaves, keys)]
+    return Tiny(nnx.merge(graphdef, jax.tree.unflatten(tree, leaves)))

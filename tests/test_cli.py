@@ -51,3 +51,16 @@ def test_cli_errors_are_clean(capsys):
     assert "no-such-model" in err and "Traceback" not in err
     with pytest.raises(SystemExit):
         main(["generate", "--target", "x", "--temperature", "hot"])
+
+
+def test_generate_with_draft_model_reports_statistics(hf_dir, capsys):
+    args = ["generate", "--target", str(hf_dir), "--prompt", "hello world", "--prompt", "the lazy dog",
+            "--max-new-tokens", "8", "--json"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(args + ["--draft", str(hf_dir), "--gamma", "3"]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    assert spec["tokens"] == plain["tokens"]  # greedy: speculative == autoregressive
+    stats = spec["stats"]
+    assert stats["acceptance_rate"] == 1.0 and len(stats["acceptance_by_position"]) == 3
+    assert {"rounds", "drafted", "accepted", "mean_tokens_per_round"} <= set(stats)

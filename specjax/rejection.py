@@ -1,0 +1,86 @@
+"""The acceptance rule of speculative decoding (Leviathan et al. 2023, Algorithm 1; Chen et al. 2023).
+
+Axes: B batch, G proposals per round, V vocabulary.
+
+Sampled rule, per row: proposal d_i (drawn from q_i) is accepted with probability min(1, p_i(d_i) /
+q_i(d_i)), implemented as u * q_i(d_i) <= p_i(d_i) with u ~ U[0, 1) (no division, so no NaN when
+q == 0 or p == q). At the first rejection n the next token is drawn from the residual
+normalize(max(0, p_n - q_n)); if all G pass, a bonus token is drawn from p_G. Every row then emits
+n accepted proposals plus that one token, and the result is distributed exactly as p.
+
+`q_bgv=None` means the proposals are point masses (greedy drafters, n-gram lookup): q_i(d_i) = 1,
+so acceptance is u <= p_i(d_i), and the residual is p_n with d_n removed.
+
+Greedy rule: p is the point mass on the target's argmax, so a proposal is accepted while it equals
+the argmax, and the next token is the argmax at the first mismatch (or after the last proposal).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _leading_true(ok_bg: jax.Array) -> jax.Array:
+    """Number of leading True values per row [B]."""
+    return jnp.sum(jnp.cumprod(ok_bg.astype(jnp.int32), axis=1), axis=1)
+
+
+def accept_greedy(draft_bg: jax.Array, target_ids_bg1: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """draft [B,G], target argmax at the G+1 verified positions [B,G+1] -> (n accepted [B], next id [B])."""
+    G = draft_bg.shape[1]
+    n_b = _leading_true(draft_bg == target_ids_bg1[:, :G])
+    next_b = jnp.take_along_axis(target_ids_bg1, n_b[:, None], axis=1)[:, 0]
+    return n_b, next_b
+
+
+def residual(p_bv: jax.Array, q_bv: jax.Array) -> jax.Array:
+    """normalize(max(0, p - q)) without normalising (sampling only needs proportions).
+
+    When p == q up to rounding the difference can vanish; a rejection is then (almost) impossible,
+    but to stay well-defined the residual falls back to p.
+    """
+    r_bv = jnp.maximum(p_bv - q_bv, 0.0)
+    empty_b1 = jnp.sum(r_bv, axis=-1, keepdims=True) <= 0.0
+    return jnp.where(empty_b1, p_bv, r_bv)
+
+
+def accept_sampled(key: jax.Array, draft_bg: jax.Array, q_bgv: jax.Array | None,
+                   p_bg1v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Exact rejection sampling: -> (n accepted [B], next token [B]).
+
+    draft_bg [B,G] proposals; q_bgv [B,G,V] the distributions they were drawn from, or None for
+    point masses; p_bg1v [B,G+1,V] the target's warped distributions at the G+1 verified positions.
+    """
+    key_u, key_next = jax.random.split(key)
+    u_bg = jax.random.uniform(key_u, draft_bg.shape)
+    return accept_given_uniforms(u_bg, key_next, draft_bg, q_bgv, p_bg1v)
+
+
+def accept_given_uniforms(u_bg: jax.Array, key_next: jax.Array, draft_bg: jax.Array, q_bgv: jax.Array | None,
+                          p_bg1v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`accept_sampled` with its uniforms u [B,G] given (for hand-computed tests)."""
+    G = draft_bg.shape[1]
+    p_d_bg = jnp.take_along_axis(p_bg1v[:, :G], draft_bg[..., None], axis=-1)[..., 0]
+    q_d_bg = 1.0 if q_bgv is None else jnp.take_along_axis(q_bgv, draft_bg[..., None], axis=-1)[..., 0]
+    n_b = _leading_true(u_bg * q_d_bg <= p_d_bg)
+
+    p_n_bv = jnp.take_along_axis(p_bg1v, n_b[:, None, None], axis=1)[:, 0]
+    at_b = jnp.minimum(n_b, G - 1)  # the rejected position (unused when n == G)
+    if q_bgv is None:
+        q_n_bv = jax.nn.one_hot(jnp.take_along_axis(draft_bg, at_b[:, None], axis=1)[:, 0], p_bg1v.shape[-1])
+    else:
+        q_n_bv = jnp.take_along_axis(q_bgv, at_b[:, None, None], axis=1)[:, 0]
+    dist_bv = jnp.where((n_b == G)[:, None], p_n_bv, residual(p_n_bv, q_n_bv))
+    next_b = jax.random.categorical(key_next, jnp.log(dist_bv), axis=-1).astype(jnp.int32)
+    return n_b, next_b
+
+
+def accept_always(key, draft_bg, q_bgv, p_bg1v):
+    """A deliberately wrong rule (accept every proposal, then sample the bonus from p).
+
+    Kept only so the distribution test can show that it detects an inexact rule."""
+    B, G = draft_bg.shape
+    n_b = jnp.full((B,), G, jnp.int32)
+    next_b = jax.random.categorical(key, jnp.log(p_bg1v[:, G]), axis=-1).astype(jnp.int32)
+    return n_b, next_b

@@ -1,0 +1,109 @@
+"""The acceptance rule on hand-computed cases."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specjax.rejection import accept_given_uniforms, accept_greedy, accept_sampled, residual
+
+KEY = jax.random.key(0)
+
+
+def _p(*rows):
+    return jnp.asarray([rows], jnp.float32)  # [1, G+1, V]
+
+
+def test_p_equals_q_accepts_everything_and_samples_bonus_from_p():
+    p = _p([0.5, 0.5, 0.0], [0.2, 0.3, 0.5], [0.0, 0.0, 1.0])
+    q = p[:, :2]
+    draft = jnp.asarray([[1, 2]])
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.999, 0.999]]), KEY, draft, q, p)
+    assert int(n[0]) == 2 and int(nxt[0]) == 2  # bonus from p at position G, a point mass on 2
+    assert not np.isnan(np.asarray(residual(p[:, 0], q[:, 0]))).any()
+
+
+def test_proposal_with_zero_target_probability_is_rejected():
+    p = _p([0.0, 0.6, 0.4], [1.0, 0.0, 0.0])
+    q = jnp.asarray([[[0.7, 0.2, 0.1]]])
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.0001]]), KEY, jnp.asarray([[0]]), q, p)
+    assert int(n[0]) == 0
+    # residual max(0, p - q) = [0, 0.4, 0.3] / 0.7
+    np.testing.assert_allclose(np.asarray(residual(p[0, :1], q[0])), [[0.0, 0.4, 0.3]], atol=1e-7)
+    assert int(nxt[0]) in (1, 2)
+
+
+def test_accept_probability_is_min_one_p_over_q():
+    # p(d) / q(d) = 0.3 / 0.6 = 0.5: accepted iff u <= 0.5
+    p = _p([0.3, 0.7], [1.0, 0.0])
+    q = jnp.asarray([[[0.6, 0.4]]])
+    draft = jnp.asarray([[0]])
+    assert int(accept_given_uniforms(jnp.asarray([[0.49]]), KEY, draft, q, p)[0][0]) == 1
+    assert int(accept_given_uniforms(jnp.asarray([[0.51]]), KEY, draft, q, p)[0][0]) == 0
+    # on rejection the residual is max(0, p - q) = [0, 0.3]: the next token must be 1
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.51]]), KEY, draft, q, p)
+    assert int(nxt[0]) == 1
+    # p > q: always accepted
+    q2 = jnp.asarray([[[0.2, 0.8]]])
+    assert int(accept_given_uniforms(jnp.asarray([[0.9999]]), KEY, draft, q2, p)[0][0]) == 1
+
+
+def test_point_mass_proposals():
+    # q = delta(d): accepted iff u <= p(d); the residual is p with d removed
+    p = _p([0.25, 0.75, 0.0], [0.0, 0.0, 1.0])
+    draft = jnp.asarray([[1]])
+    assert int(accept_given_uniforms(jnp.asarray([[0.74]]), KEY, draft, None, p)[0][0]) == 1
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.76]]), KEY, draft, None, p)
+    assert int(n[0]) == 0 and int(nxt[0]) == 0  # p without token 1 leaves only token 0
+    np.testing.assert_allclose(np.asarray(residual(p[:, 0], jax.nn.one_hot(jnp.asarray([1]), 3))),
+                               [[0.25, 0.0, 0.0]])
+
+
+def test_rejection_at_first_and_at_last_position():
+    V = 4
+    p_row = [0.1, 0.2, 0.3, 0.4]
+    p = _p(p_row, p_row, p_row, [0.0, 0.0, 0.0, 1.0])
+    draft = jnp.asarray([[3, 3, 0]])  # p(3) = 0.4, p(0) = 0.1 under point-mass proposals
+    # first position rejected (u = 0.5 > 0.4): n = 0, residual = p without token 3
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.5, 0.0, 0.0]]), KEY, draft, None, p)
+    assert int(n[0]) == 0 and int(nxt[0]) != 3
+    # last position rejected (u = 0.2 > 0.1): n = 2, next drawn from p without token 0
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.1, 0.1, 0.2]]), KEY, draft, None, p)
+    assert int(n[0]) == 2 and int(nxt[0]) != 0
+    # nothing rejected: n = G and the bonus comes from p at G + 1 (a point mass on 3)
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.1, 0.1, 0.05]]), KEY, draft, None, p)
+    assert int(n[0]) == 3 and int(nxt[0]) == 3
+    assert V == p.shape[-1]
+
+
+def test_rows_accept_independently():
+    p = jnp.asarray([[[0.5, 0.5], [0.5, 0.5], [1.0, 0.0]], [[0.5, 0.5], [0.5, 0.5], [0.0, 1.0]]])
+    draft = jnp.asarray([[0, 0], [1, 1]])
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.1, 0.9], [0.1, 0.1]]), KEY, draft, None, p)
+    assert n.tolist() == [1, 2]
+    assert int(nxt[1]) == 1
+
+
+def test_greedy_rule():
+    target = jnp.asarray([[5, 6, 7, 8], [5, 6, 7, 8], [1, 2, 3, 4]])  # argmax at G + 1 = 4 positions
+    draft = jnp.asarray([[5, 6, 7], [5, 9, 7], [0, 2, 3]])
+    n, nxt = accept_greedy(draft, target)
+    assert n.tolist() == [3, 1, 0]
+    assert nxt.tolist() == [8, 6, 1]
+
+
+def test_no_nan_and_residual_sampling_frequencies():
+    """Residual sampling by frequency: q over-proposes token 0, so rejected rounds must continue
+    with tokens 1 and 2 in proportion max(0, p - q) = [0, 0.2, 0.1]."""
+    B = 20000
+    p = jnp.broadcast_to(jnp.asarray([[0.3, 0.4, 0.3], [1.0, 0.0, 0.0]]), (B, 2, 3))
+    q = jnp.broadcast_to(jnp.asarray([[[0.6, 0.2, 0.2]]]), (B, 1, 3))
+    draft = jax.random.categorical(jax.random.key(1), jnp.log(q[:, 0]), axis=-1)[:, None]
+    n, nxt = accept_sampled(jax.random.key(2), draft, q, p)
+    first = np.where(np.asarray(n) == 1, np.asarray(draft[:, 0]), np.asarray(nxt))
+    freq = np.bincount(first, minlength=3) / B
+    np.testing.assert_allclose(freq, [0.3, 0.4, 0.3], atol=0.015)
+    rejected = np.asarray(nxt)[np.asarray(n) == 0]
+    assert set(np.unique(rejected)) <= {1, 2}
+    assert abs((rejected == 1).mean() - 2 / 3) < 0.03

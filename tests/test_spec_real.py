@@ -1,0 +1,66 @@
+"""Speculative decoding on the real SmolLM2-135M-Instruct: greedy speculative == greedy autoregressive."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import Tiny
+
+from specjax import api
+from specjax.models import load
+from specjax.models.convert import build_model
+from flax import nnx
+
+pytestmark = pytest.mark.real
+
+PROMPTS = [
+    "The history of the Roman Empire",
+    "def quicksort(arr):\n",
+    "Explain how photosynthesis works in simple terms.",
+    "Once upon a time, a little robot",
+    "The three most important ideas in machine learning are",
+]
+NEAR_TIE = 1e-5
+
+
+def first_layers(model, k: int) -> Tiny:
+    """A separate draft model: the target's first k layers, its final norm and its head (a copy)."""
+    cfg = dataclasses.replace(model.config, num_layers=k, layer_kinds=model.config.layer_kinds[:k])
+    pure = nnx.to_pure_dict(nnx.state(model.module, nnx.Param))
+    pure["blocks"] = {name: _slice(v, k) for name, v in pure["blocks"].items()}
+    return Tiny(build_model(cfg, pure, model.module.dtype), model.tokenizer)
+
+
+def _slice(tree, k):
+    return {n: _slice(v, k) for n, v in tree.items()} if isinstance(tree, dict) else np.asarray(tree)[:k]
+
+
+def _is_near_tie(module, prompt, common) -> float:
+    ids = list(prompt) + list(common)
+    logits, _ = module(jnp.asarray([ids]), jnp.arange(len(ids))[None], module.init_cache(1, len(ids) + 1))
+    top2 = np.sort(np.asarray(logits[0, -1]))[-2:]
+    return float(top2[1] - top2[0])
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load("smollm2-135m-instruct", progress=False)
+
+
+def test_smollm2_speculative_equals_autoregressive(smollm2):
+    draft = first_layers(smollm2, 24)
+    ar = api.generate(smollm2, PROMPTS, max_new_tokens=128, eos_ids=())
+    sp = api.generate(smollm2, PROMPTS, draft=draft, gamma=4, max_new_tokens=128, eos_ids=())
+    print(f"\nacceptance rate {sp.stats['acceptance_rate']:.3f}, "
+          f"tokens per round {sp.stats['mean_tokens_per_round']:.2f}")
+    for prompt, a, s in zip(sp.prompt_tokens, ar.tokens, sp.tokens):
+        assert len(a) == len(s) == 128
+        if a != s:
+            k = next(i for i in range(128) if a[i] != s[i])
+            gap = _is_near_tie(smollm2.module, prompt, a[:k])
+            assert gap < NEAR_TIE, f"divergence at token {k} is not a near-tie (top-2 logit gap {gap:.2e})"
+            print(f"accepted divergence at token {k}: proven near-tie, top-2 gap {gap:.2e}")
+    assert 0.0 < sp.stats["acceptance_rate"] < 1.0
