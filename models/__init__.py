@@ -4,12 +4,12 @@
     model = load("smollm2-135m-instruct")        # or an HF dir, a .gguf file, a transformers model
 """
 
-from .convert import FAMILIES, LoadedModel, family_for, load, load_converted, save
+from .convert import FAMILIES, LoadedModel, family_for, load, load_converted, save, truncate
 from .hub import BUILTIN
 from .tokenizer import Tokenizer
 from .transformer import RopeConfig, Transformer, TransformerConfig
 
 __all__ = [
     "BUILTIN", "FAMILIES", "LoadedModel", "RopeConfig", "Tokenizer", "Transformer", "TransformerConfig",
-    "family_for", "load", "load_converted", "save",
+    "family_for", "load", "load_converted", "save", "truncate",
 ]

@@ -389,6 +389,20 @@ def load_converted(directory: str | os.PathLike, *, dtype=None, name: str | None
     return LoadedModel(name=name or meta.get("name", str(d)), module=module, tokenizer=tokenizer)
 
 
+def truncate(model: LoadedModel, layers: int) -> LoadedModel:
+    """A separate model made of `model`'s first `layers` blocks, its final norm and head (a copy).
+
+    A ready-made same-tokenizer draft model; the layer-skip drafter shares weights instead."""
+    cfg = model.config
+    if not 1 <= layers <= cfg.num_layers:
+        raise ConversionError(f"layers must be in [1, {cfg.num_layers}], got {layers}")
+    small = dataclasses.replace(cfg, num_layers=layers, layer_kinds=cfg.layer_kinds[:layers])
+    pure = nnx.to_pure_dict(nnx.state(model.module, nnx.Param))
+    pure["blocks"] = jax.tree.map(lambda a: np.asarray(a)[:layers], pure["blocks"])
+    return LoadedModel(name=f"{model.name}[:{layers}]", module=build_model(small, pure, model.module.dtype),
+                       tokenizer=model.tokenizer)
+
+
 def iter_params(model: LoadedModel) -> Iterable[tuple[tuple, jax.Array]]:
     for path, var in nnx.to_flat_state(nnx.state(model.module, nnx.Param)):
         yield path, var.value

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import Tiny
 
 from specjax import api
-from specjax.models import load
-from specjax.models.convert import build_model
-from flax import nnx
+from specjax.models import load, truncate
 
 pytestmark = pytest.mark.real
 
@@ -24,18 +19,6 @@ PROMPTS = [
     "The three most important ideas in machine learning are",
 ]
 NEAR_TIE = 1e-5
-
-
-def first_layers(model, k: int) -> Tiny:
-    """A separate draft model: the target's first k layers, its final norm and its head (a copy)."""
-    cfg = dataclasses.replace(model.config, num_layers=k, layer_kinds=model.config.layer_kinds[:k])
-    pure = nnx.to_pure_dict(nnx.state(model.module, nnx.Param))
-    pure["blocks"] = {name: _slice(v, k) for name, v in pure["blocks"].items()}
-    return Tiny(build_model(cfg, pure, model.module.dtype), model.tokenizer)
-
-
-def _slice(tree, k):
-    return {n: _slice(v, k) for n, v in tree.items()} if isinstance(tree, dict) else np.asarray(tree)[:k]
 
 
 def _is_near_tie(module, prompt, common) -> float:
@@ -51,7 +34,7 @@ def smollm2():
 
 
 def test_smollm2_speculative_equals_autoregressive(smollm2):
-    draft = first_layers(smollm2, 24)
+    draft = truncate(smollm2, 24)
     ar = api.generate(smollm2, PROMPTS, max_new_tokens=128, eos_ids=())
     sp = api.generate(smollm2, PROMPTS, draft=draft, gamma=4, max_new_tokens=128, eos_ids=())
     print(f"\nacceptance rate {sp.stats['acceptance_rate']:.3f}, "
