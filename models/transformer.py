@@ -8,7 +8,7 @@ Axis vocabulary (used in every einsum string and shape comment):
 The families (llama, qwen, gemma3, gpt2) differ only in the knobs of `TransformerConfig`: which
 norm, which activation, biases, q/k norms, Gemma's sandwich norms, RoPE or learned positions,
 sliding-window layers. Layers are stored stacked (every block parameter has a leading L axis) and
-run under one `lax.scan`, so compile time does not grow with depth and a prefix of the layers can
+run under one `lax.scan`, so compile time does not grow with depth and any subset of the layers can
 run on its own (the layer-skip drafter) without copying weights.
 
 The forward pass is the contract of DESIGN.md: `tokens[B,T], positions[B,T], cache -> logits[B,T,V],
@@ -285,15 +285,20 @@ class Transformer(nnx.Module):
         if not cfg.tie_embeddings:
             self.lm_head = nnx.Param(_init(rngs, (cfg.dim, cfg.vocab_size), dtype), axes=("embed", "vocab"))
 
-    def init_cache(self, batch: int, size: int, dtype=None) -> KVCache:
+    def init_cache(self, batch: int, size: int, dtype=None, *, layers: int | None = None) -> KVCache:
+        """An empty cache for all layers, or for `layers` of them (a layer-subset draft's own cache)."""
         cfg = self.config
         return KVCache.zeros(
-            layers=cfg.num_layers, batch=batch, size=size, kv_heads=cfg.num_kv_heads,
-            head_dim=cfg.head_dim, dtype=dtype or self.dtype,
+            layers=cfg.num_layers if layers is None else layers, batch=batch, size=size,
+            kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, dtype=dtype or self.dtype,
         )
 
-    def hidden(self, tokens_bt, positions_bt, cache: KVCache, *, layers: int | None = None):
-        """Run the first `layers` blocks (all by default) and the final norm: hidden [B,T,D], cache."""
+    def hidden(self, tokens_bt, positions_bt, cache: KVCache, *, layers: int | tuple[int, ...] | None = None):
+        """Run blocks and the final norm: -> hidden [B,T,D], cache.
+
+        layers: None for all blocks, an int k for the first k, or a tuple of block indices (a
+        layer-skip draft). Block j uses cache layer j when the cache has every layer, else cache
+        layer i for the i-th block run (a cache sized for the subset)."""
         cfg = self.config
         x_btd = jnp.take(self.embed.value, tokens_bt, axis=0)
         if cfg.embed_scale is not None:
@@ -310,10 +315,17 @@ class Transformer(nnx.Module):
         is_local_l = jnp.asarray([kind == "local" for kind in cfg.kinds])
 
         block_def, block_state = nnx.split(self.blocks)
-        n_layers = cfg.num_layers if layers is None else layers
+        if layers is None:
+            layers = cfg.num_layers
+        layer_ids = tuple(range(layers)) if isinstance(layers, int) else tuple(layers)
+        own_cache = cache.k.shape[0] != cfg.num_layers
+        if own_cache and cache.k.shape[0] != len(layer_ids):
+            raise ValueError(f"cache has {cache.k.shape[0]} layers; running {len(layer_ids)} of {cfg.num_layers}")
+        cache_ids = tuple(range(len(layer_ids))) if own_cache else layer_ids
 
-        def step(carry, layer):
+        def step(carry, ids):
             x_btd, cache = carry
+            layer, cache_layer = ids
             block = nnx.merge(block_def, jax.tree.map(lambda a: a[layer], block_state))
             local = is_local_l[layer]
             mask_bts = jnp.where(local, local_bts, global_bts) if cfg.has_local_layers else global_bts
@@ -323,10 +335,11 @@ class Transformer(nnx.Module):
                     rope_cs = rope_global
                 else:
                     rope_cs = jax.tree.map(lambda g, l: jnp.where(local, l, g), rope_global, rope_local)
-            x_btd, cache = block(x_btd, rope_cs, mask_bts, positions_bt, cache, layer, cfg)
+            x_btd, cache = block(x_btd, rope_cs, mask_bts, positions_bt, cache, cache_layer, cfg)
             return (x_btd, cache), None
 
-        (x_btd, cache), _ = jax.lax.scan(step, (x_btd, cache), jnp.arange(n_layers))
+        xs = (jnp.asarray(layer_ids, jnp.int32), jnp.asarray(cache_ids, jnp.int32))
+        (x_btd, cache), _ = jax.lax.scan(step, (x_btd, cache), xs)
         return self.final_norm(x_btd), cache
 
     def logits(self, hidden_btd):
@@ -341,6 +354,6 @@ class Transformer(nnx.Module):
             logits_btv = jnp.tanh(logits_btv / cfg.final_softcap) * cfg.final_softcap
         return logits_btv
 
-    def __call__(self, tokens_bt, positions_bt, cache: KVCache, *, layers: int | None = None):
+    def __call__(self, tokens_bt, positions_bt, cache: KVCache, *, layers: int | tuple[int, ...] | None = None):
         hidden_btd, cache = self.hidden(tokens_bt, positions_bt, cache, layers=layers)
         return self.logits(hidden_btd), cache

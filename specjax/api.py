@@ -100,15 +100,100 @@ def pad_batch(prompts: list[list[int]], pad_id: int = 0):
     return prompt_bp, lengths_b, active_b
 
 
-def resolve_drafter(draft, target) -> tuple[Any, Any]:
-    """`draft` -> (drafter, draft_params). Accepts a loaded model (`.module`: a draft model with the
-    target's tokenizer) or an already built (drafter, params) pair."""
+class IncompatibleDraftError(ConfigError):
+    """A draft model whose vocabulary does not match the target's."""
+
+
+def check_vocabularies(target, draft) -> int | None:
+    """Refuse a draft model whose tokens differ from the target's; -> the shared vocabulary size
+    when the two embeddings are padded differently (ids past it must be masked), else None."""
+    t_tok, d_tok = getattr(target, "tokenizer", None), getattr(draft, "tokenizer", None)
+    t_rows, d_rows = target.module.config.vocab_size, draft.module.config.vocab_size
+    if t_tok is not None and d_tok is not None:
+        if t_tok.vocab_size != d_tok.vocab_size:
+            raise IncompatibleDraftError(
+                f"draft tokenizer has {d_tok.vocab_size} tokens, the target's has {t_tok.vocab_size}: "
+                "speculative decoding needs the same vocabulary")
+        t_vocab, d_vocab = t_tok.backend.get_vocab(), d_tok.backend.get_vocab()
+        if t_vocab != d_vocab:
+            diffs = sorted(i for i in range(t_tok.vocab_size) if t_tok.token(i) != d_tok.token(i))
+            shown = ", ".join(f"id {i}: target {t_tok.token(i)!r} vs draft {d_tok.token(i)!r}" for i in diffs[:3])
+            raise IncompatibleDraftError(f"draft and target tokenizers differ at {len(diffs)} ids ({shown})")
+        shared = t_tok.vocab_size
+        if shared > min(t_rows, d_rows):
+            raise IncompatibleDraftError(
+                f"embedding has fewer rows than the tokenizer has tokens (target {t_rows}, draft {d_rows}, "
+                f"tokenizer {shared})")
+        return shared if t_rows != d_rows else None
+    if t_rows != d_rows:
+        raise IncompatibleDraftError(
+            f"draft vocabulary size {d_rows} differs from the target's {t_rows}, and without tokenizers "
+            "specjax cannot tell whether one is a padded version of the other")
+    return None
+
+
+def resolve_drafter(draft, target, *, eos_ids=()) -> tuple[Any, Any, int | None]:
+    """`draft` -> (drafter, draft_params, vocabulary limit or None).
+
+    Accepted: a loaded model with the target's tokenizer (a draft model); "layerskip:K",
+    "layerskip:0-9,20-29" (optionally ":own" for a private cache); "ngram:NMAX[:NMIN]"; or an
+    already built (drafter, params) pair."""
+    from specjax.drafters import NGramDrafter, layer_skip, parse_layers
+
     if isinstance(draft, tuple) and len(draft) == 2:
-        return draft
+        return draft[0], draft[1], None
     if hasattr(draft, "module"):
+        limit = check_vocabularies(target, draft)
         lm, params = LM.split(draft.module)
-        return ModelDrafter(lm), params
-    raise ConfigError(f"draft must be a loaded model or a (drafter, params) pair, got {type(draft).__name__}")
+        return ModelDrafter(lm, target_vocab=target.module.config.vocab_size), params, limit
+    if isinstance(draft, str):
+        kind, _, rest = draft.partition(":")
+        if kind == "layerskip" and rest:
+            spec, _, cache = rest.partition(":")
+            lm = LM.split(target.module)[0]
+            return layer_skip(lm, parse_layers(spec, lm.config.num_layers), cache or "shared"), None, None
+        if kind == "ngram" and rest:
+            sizes = rest.split(":")
+            try:
+                nmax, nmin = int(sizes[0]), int(sizes[1]) if len(sizes) > 1 else 1
+            except ValueError as err:
+                raise ConfigError(f"drafter {draft!r}: expected ngram:NMAX[:NMIN] with integers") from err
+            return NGramDrafter(nmax=nmax, nmin=nmin, eos_ids=tuple(eos_ids)), None, None
+        if kind == "model":
+            raise ConfigError("'model:NAME' is resolved by the CLI; from Python pass the loaded draft model")
+        raise ConfigError(f"unknown drafter {draft!r}; use model:NAME, layerskip:K, or ngram:NMAX[:NMIN]")
+    raise ConfigError(f"draft must be a loaded model, a drafter string or a (drafter, params) pair, "
+                      f"got {type(draft).__name__}")
+
+
+def memory_report(target, draft=None, *, batch: int = 1, length: int = 2048, drafter_params=None) -> dict:
+    """Parameter and KV-cache bytes of target and drafter for `batch` rows of `length` slots.
+
+    The speculation overhead is the drafter's parameters plus its cache (zero for prompt lookup and
+    for layer skip with the shared cache)."""
+    lm, params = LM.split(target.module)
+    if draft is not None and not (isinstance(draft, tuple) and len(draft) == 2):
+        drafter, dparams, _ = resolve_drafter(draft, target)
+    elif draft is not None:
+        drafter, dparams = draft
+    else:
+        drafter, dparams = None, None
+    target_cache = jax.eval_shape(lambda p: lm.init_cache(p, batch, length), params)
+    report = {
+        "batch": batch, "length": length,
+        "target_param_bytes": _nbytes(params), "target_cache_bytes": _nbytes(target_cache),
+        "draft_param_bytes": 0, "draft_cache_bytes": 0,
+    }
+    if drafter is not None:
+        report["draft_param_bytes"] = _nbytes(dparams)
+        draft_cache = jax.eval_shape(lambda d, p: drafter.init(d, p, batch, length), dparams, params)
+        report["draft_cache_bytes"] = _nbytes(draft_cache)
+    report["speculation_overhead_bytes"] = report["draft_param_bytes"] + report["draft_cache_bytes"]
+    return report
+
+
+def _nbytes(tree) -> int:
+    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
 
 def generate(target, prompts, *, draft=None, sampling: SamplingConfig | None = None, gamma: int = 4,
@@ -116,7 +201,9 @@ def generate(target, prompts, *, draft=None, sampling: SamplingConfig | None = N
              eos_ids: Sequence[int] | None = None) -> GenerateResult:
     """Generate continuations of `prompts` (strings, or lists of token ids) with `target`.
 
-    draft: None for plain autoregressive decoding, else the drafter (see `resolve_drafter`).
+    draft: None for plain autoregressive decoding; a loaded draft model with the target's tokenizer;
+    "layerskip:K" (the target's first K blocks; or "layerskip:0-9,20-29", ":own" for a private
+    cache); "ngram:NMAX[:NMIN]" (prompt lookup); or a (drafter, params) pair (see `resolve_drafter`).
     sampling: temperature / top-k / top-p (greedy by default). gamma: proposals per round (G).
     Returns tokens and text per prompt, statistics (acceptance, tokens per round) and timings
     (compile time apart from run time).
@@ -128,14 +215,20 @@ def generate(target, prompts, *, draft=None, sampling: SamplingConfig | None = N
     ids = encode_prompts(tokenizer, prompts, chat=chat)
     if eos_ids is None:
         eos_ids = tuple(tokenizer.eos_ids) if tokenizer is not None else ()
+    eos_ids = tuple(int(e) for e in eos_ids)
     lm, params = LM.split(target.module)
     V = lm.config.vocab_size
     for i, p in enumerate(ids):
         if min(p) < 0 or max(p) >= V:
             raise ConfigError(f"prompt {i} has token ids outside [0, {V})")
-    vocab = tokenizer.vocab_size if tokenizer is not None else None
-    decode = DecodeConfig(max_new_tokens=max_new_tokens, eos_ids=tuple(int(e) for e in eos_ids),
-                          vocab_size=vocab if vocab and vocab < V else None)
+    limit = tokenizer.vocab_size if tokenizer is not None else V
+    rows = V  # the widest embedding in play: ids from `limit` up to it must never be drawn
+    if draft is not None:
+        drafter, draft_params, shared = resolve_drafter(draft, target, eos_ids=eos_ids)
+        if shared is not None:
+            limit, rows = min(limit, shared), max(rows, draft.module.config.vocab_size)
+    decode = DecodeConfig(max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+                          vocab_size=limit if limit < rows else None)
     prompt_bp, lengths_b, active_b = pad_batch(ids)
     P = prompt_bp.shape[1]
     key = jax.random.key(seed)
@@ -147,7 +240,6 @@ def generate(target, prompts, *, draft=None, sampling: SamplingConfig | None = N
                                            loop.generate_ar, lm, params, *inputs, **static)
         run_args = (params, *inputs)
     else:
-        drafter, draft_params = resolve_drafter(draft, target)
         size = P + max_new_tokens + gamma + 2
         static = dict(gamma=gamma, sampling_cfg=sampling, decode=decode, size=size)
         compiled, compile_s = COMPILED.get(("spec", lm, drafter, gamma, sampling, decode, size, prompt_bp.shape),
@@ -157,7 +249,10 @@ def generate(target, prompts, *, draft=None, sampling: SamplingConfig | None = N
     state = compiled(*run_args)
     jax.block_until_ready(state.tokens)
     run_s = time.perf_counter() - started
-    return _result(state, ids, tokenizer, compile_s, run_s, speculative=draft is not None)
+    result = _result(state, ids, tokenizer, compile_s, run_s, speculative=draft is not None)
+    result.stats["memory"] = memory_report(target, None if draft is None else (drafter, draft_params),
+                                           batch=prompt_bp.shape[0], length=size)
+    return result
 
 
 def _result(state, ids, tokenizer, compile_s, run_s, *, speculative: bool) -> GenerateResult:
@@ -170,7 +265,7 @@ def _result(state, ids, tokenizer, compile_s, run_s, *, speculative: bool) -> Ge
     if speculative:
         s = state.stats
         emitted = np.maximum(np.asarray(lengths - plen - 1), 0)
-        stats.update(metrics.summarize(s.rounds, s.drafted, s.accepted, s.accepted_at, emitted, rows=n))
+        stats.update(metrics.summarize(s.rounds, s.drafted, s.accepted, s.accepted_at, s.reached_at, emitted, rows=n))
     total = sum(new_tokens)
     timing = {"compile_s": compile_s, "run_s": run_s, "tokens_per_s": total / run_s if run_s > 0 else 0.0}
     return GenerateResult(tokens=out, text=text, prompt_tokens=ids, stats=stats, timing=timing)

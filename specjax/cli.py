@@ -28,7 +28,11 @@ def _cmd_generate(args) -> int:
     sampling = SamplingConfig.make(args.temperature, args.top_k, args.top_p)
     start = time.perf_counter()
     target = load(args.target, dtype=args.dtype, progress=not args.json)
-    draft = load(args.draft, dtype=args.dtype, progress=not args.json) if args.draft else None
+    drafter = args.drafter or (f"model:{args.draft}" if args.draft else None)
+    if drafter and drafter.startswith("model:"):
+        draft = load(drafter[len("model:"):], dtype=args.dtype, progress=not args.json)
+    else:
+        draft = drafter
     load_s = time.perf_counter() - start
     prompts = args.prompt or [sys.stdin.read()]
     result = api.generate(target, prompts, draft=draft, gamma=args.gamma, sampling=sampling,
@@ -68,8 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate text from a prompt")
     g.add_argument("--target", required=True,
                    help="built-in model name (smollm2-135m-instruct, gemma3-270m), HF dir, .gguf file or converted dir")
-    g.add_argument("--draft", help="draft model with the target's tokenizer (name, HF dir, .gguf or converted dir); "
-                   "omit for plain autoregressive decoding")
+    g.add_argument("--drafter", help="model:NAME (a draft model with the target's tokenizer: built-in name, HF dir, "
+                   ".gguf or converted dir) | layerskip:K (the target's first K layers; or layerskip:0-9,20-29; "
+                   "append :own for a private KV cache) | ngram:NMAX[:NMIN] (prompt lookup). "
+                   "Omit for plain autoregressive decoding")
+    g.add_argument("--draft", help="shorthand for --drafter model:DRAFT")
     g.add_argument("--gamma", type=int, default=4, help="proposals per speculation round (G), default 4")
     g.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); default: stdin")
     g.add_argument("--max-new-tokens", type=int, default=64)

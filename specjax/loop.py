@@ -30,14 +30,16 @@ from specjax.lm import LM
 @struct.dataclass
 class SpecStats:
     rounds: jax.Array  # [B] rounds (target verify passes) while the row was active
-    drafted: jax.Array  # [B] proposals made
+    drafted: jax.Array  # [B] proposals made (absent proposals of an abstaining drafter excluded)
     accepted: jax.Array  # [B] proposals accepted
     accepted_at: jax.Array  # [B, G] rounds in which proposal i was accepted
+    reached_at: jax.Array  # [B, G] rounds in which proposal i existed and 0..i-1 were accepted
 
     @classmethod
     def zeros(cls, batch: int, gamma: int) -> "SpecStats":
         z = jnp.zeros((batch,), jnp.int32)
-        return cls(rounds=z, drafted=z, accepted=z, accepted_at=jnp.zeros((batch, gamma), jnp.int32))
+        zg = jnp.zeros((batch, gamma), jnp.int32)
+        return cls(rounds=z, drafted=z, accepted=z, accepted_at=zg, reached_at=zg)
 
 
 @struct.dataclass
@@ -66,8 +68,10 @@ def commit(state: SpecState, new_bn: jax.Array, count_b: jax.Array, decode: Deco
     B, N = new_bn.shape
     j_n = jnp.arange(N)
     offered_bn = j_n < count_b[:, None]
-    eos_ids = jnp.asarray(decode.eos_ids or (-1,), jnp.int32)
-    eos_bn = jnp.isin(new_bn, eos_ids) & offered_bn
+    if decode.eos_ids:
+        eos_bn = jnp.isin(new_bn, jnp.asarray(decode.eos_ids, jnp.int32)) & offered_bn
+    else:
+        eos_bn = jnp.zeros_like(offered_bn)
     upto_eos_b = jnp.where(eos_bn.any(axis=1), jnp.argmax(eos_bn, axis=1) + 1, N)
     budget_b = decode.max_new_tokens - (state.lengths - state.prompt_lengths)
     emitted_b = jnp.minimum(jnp.minimum(count_b, upto_eos_b), jnp.maximum(budget_b, 0))
@@ -149,13 +153,27 @@ def generate_ar(lm: LM, params, prompt_bp, prompt_lengths_b, active_b, key, *,
     return jax.lax.while_loop(_not_finished, step, state)
 
 
-def verify(lm: LM, params, state: SpecState, draft_bg: jax.Array):
-    """One target pass over [newest committed token, G proposals]: -> (logits [B,G+1,V], cache)."""
+def verify(lm: LM, params, state: SpecState, draft_bg: jax.Array, *, may_abstain: bool = False):
+    """One target pass over [newest committed token, G proposals]: -> (logits [B,G+1,V], cache).
+
+    Absent proposals (-1) are fed as token 0: causality keeps them from affecting any logits that
+    the acceptance rule reads. When the drafter may abstain and no row proposed anything, a plain
+    one-token step replaces the (G+1)-token pass (its logits padded to G+1 positions)."""
     G = draft_bg.shape[1]
-    tokens_bg1 = jnp.concatenate([newest_tokens(state)[:, None], draft_bg], axis=1)
+    tokens_bg1 = jnp.concatenate([newest_tokens(state)[:, None], jnp.maximum(draft_bg, 0)], axis=1)
     positions_bg1 = state.lengths[:, None] - 1 + jnp.arange(G + 1)
     positions_bg1 = jnp.where(state.done[:, None], -1, positions_bg1)
-    return lm.apply(params, tokens_bg1, positions_bg1, state.cache)
+
+    def full(_):
+        return lm.apply(params, tokens_bg1, positions_bg1, state.cache)
+
+    def single(_):
+        logits_b1v, cache = lm.apply(params, tokens_bg1[:, :1], positions_bg1[:, :1], state.cache)
+        return jnp.pad(logits_b1v, ((0, 0), (0, G), (0, 0))), cache
+
+    if not may_abstain:
+        return full(None)
+    return jax.lax.cond(jnp.any((draft_bg[:, 0] >= 0) & ~state.done), full, single, None)
 
 
 def spec_round(lm: LM, params, drafter, draft_params, state: SpecState, *, gamma: int,
@@ -163,9 +181,9 @@ def spec_round(lm: LM, params, drafter, draft_params, state: SpecState, *, gamma
     """Draft G tokens, verify them in one target pass, accept a prefix per row, commit."""
     G = gamma
     key, k_draft, k_accept = jax.random.split(state.key, 3)
-    draft_bg, q_bgv, dstate = drafter.propose(draft_params, params, state.draft, state, k_draft, G,
-                                              sampling_cfg, decode.vocab_size)
-    logits_bgv, cache = verify(lm, params, state, draft_bg)
+    draft_bg, q_bgv, state = drafter.propose(draft_params, params, state, k_draft, G, sampling_cfg,
+                                             decode.vocab_size)
+    logits_bgv, cache = verify(lm, params, state, draft_bg, may_abstain=drafter.may_abstain)
     if accept is not None:  # a rule injected by tests
         n_b, next_b = accept(k_accept, draft_bg, q_bgv, sampling.warp(logits_bgv, sampling_cfg, decode.vocab_size))
     elif sampling_cfg.greedy:
@@ -178,15 +196,18 @@ def spec_round(lm: LM, params, drafter, draft_params, state: SpecState, *, gamma
     padded_bg1 = jnp.concatenate([draft_bg, jnp.zeros_like(draft_bg[:, :1])], axis=1)
     new_bg1 = jnp.where(j_g1 < n_b[:, None], padded_bg1, next_b[:, None])
 
-    active_b = ~state.done
+    active_b1 = ~state.done[:, None]
+    j_g = jnp.arange(G)
+    present_bg = (draft_bg >= 0) & active_b1
     stats = state.stats
     stats = stats.replace(
-        rounds=stats.rounds + active_b,
-        drafted=stats.drafted + G * active_b,
-        accepted=stats.accepted + jnp.where(active_b, n_b, 0),
-        accepted_at=stats.accepted_at + ((jnp.arange(G) < n_b[:, None]) & active_b[:, None]),
+        rounds=stats.rounds + active_b1[:, 0],
+        drafted=stats.drafted + present_bg.sum(axis=1),
+        accepted=stats.accepted + jnp.where(active_b1[:, 0], n_b, 0),
+        accepted_at=stats.accepted_at + ((j_g < n_b[:, None]) & active_b1),
+        reached_at=stats.reached_at + ((j_g <= n_b[:, None]) & present_bg),
     )
-    state = state.replace(key=key, draft=dstate, steps=state.steps + 1, stats=stats)
+    state = state.replace(key=key, steps=state.steps + 1, stats=stats)
     state, _ = commit(state, new_bg1, n_b + 1, decode, headroom=G + 1)
     # Rejected proposals are discarded by resetting lengths; their cache slots are overwritten later.
     return state.replace(cache=cache.rollback(jnp.maximum(state.lengths - 1, 0)))
@@ -204,7 +225,7 @@ def generate_spec(lm: LM, params, drafter, draft_params, prompt_bp, prompt_lengt
     state = start(lm, params, prompt_bp, prompt_lengths_b, active_b, key, size=size, gamma=gamma,
                   sampling_cfg=sampling_cfg, decode=decode, headroom=gamma + 1)
     B, P = prompt_bp.shape
-    dstate = drafter.init(draft_params, B, size)
+    dstate = drafter.init(draft_params, params, B, size)
     active_prompt = state.replace(done=~active_b)
     dstate = drafter.prefill(draft_params, params, dstate, prompt_bp, prompt_positions(active_prompt, P))
     state = state.replace(draft=dstate)

@@ -22,12 +22,12 @@ def predicted_speedup(a: float, gamma: int, c: float, v: float = 1.0) -> float:
     return expected_tokens_per_round(a, gamma) / (gamma * c + v)
 
 
-def summarize(rounds, drafted, accepted, accepted_at, emitted, rows: int | None = None) -> dict:
+def summarize(rounds, drafted, accepted, accepted_at, reached_at, emitted, rows: int | None = None) -> dict:
     """Per-row counters (numpy or lists, first `rows` rows) -> per-row lists and aggregates.
 
     acceptance_rate: the per-token acceptance probability a of the formulas, estimated as accepted
-      proposals / proposals that were reached (proposal i is reached when 0..i-1 were accepted; each
-      reached proposal is one Bernoulli(a) trial).
+      proposals / proposals that were reached (proposal i is reached when it exists and 0..i-1 were
+      accepted; each reached proposal is one Bernoulli(a) trial).
     accepted_per_drafted: accepted / all proposals made (1 - the fraction of drafting wasted).
     mean_tokens_per_round: emitted tokens (bonus included; prefill's first token excluded) / rounds.
     acceptance_by_position[i]: P(proposal i accepted | proposals 0..i-1 accepted).
@@ -35,13 +35,14 @@ def summarize(rounds, drafted, accepted, accepted_at, emitted, rows: int | None 
     rows = len(rounds) if rows is None else rows
     r, d, a = (np.asarray(x)[:rows].astype(np.int64) for x in (rounds, drafted, accepted))
     at = np.asarray(accepted_at)[:rows].astype(np.int64)
+    reached = np.asarray(reached_at)[:rows].astype(np.int64)
     e = np.asarray(emitted)[:rows].astype(np.int64)
     G = at.shape[1] if at.ndim == 2 else 0
-    reached = np.concatenate([r[:, None], at[:, :-1]], axis=1) if G else np.zeros((rows, 0), np.int64)
     total_reached, total_at = reached.sum(0), at.sum(0)
     by_pos = [float(total_at[i] / total_reached[i]) if total_reached[i] else None for i in range(G)]
     return {
         "rounds": r.tolist(), "drafted": d.tolist(), "accepted": a.tolist(), "accepted_at": at.tolist(),
+        "reached_at": reached.tolist(),
         "acceptance_rate": float(total_at.sum() / total_reached.sum()) if total_reached.sum() else None,
         "accepted_per_drafted": float(a.sum() / d.sum()) if d.sum() else None,
         "mean_tokens_per_round": float(e.sum() / r.sum()) if r.sum() else None,

@@ -11,6 +11,9 @@ n accepted proposals plus that one token, and the result is distributed exactly 
 `q_bgv=None` means the proposals are point masses (greedy drafters, n-gram lookup): q_i(d_i) = 1,
 so acceptance is u <= p_i(d_i), and the residual is p_n with d_n removed.
 
+A proposal id of -1 means "no proposal" (a drafter that found nothing to say, e.g. prompt lookup
+without a match): it is never accepted, and the next token is drawn from p itself (q is zero there).
+
 Greedy rule: p is the point mass on the target's argmax, so a proposal is accepted while it equals
 the argmax, and the next token is the argmax at the first mismatch (or after the last proposal).
 """
@@ -27,7 +30,9 @@ def _leading_true(ok_bg: jax.Array) -> jax.Array:
 
 
 def accept_greedy(draft_bg: jax.Array, target_ids_bg1: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """draft [B,G], target argmax at the G+1 verified positions [B,G+1] -> (n accepted [B], next id [B])."""
+    """draft [B,G], target argmax at the G+1 verified positions [B,G+1] -> (n accepted [B], next id [B]).
+
+    An absent proposal (-1) never equals an argmax, so it ends the accepted prefix."""
     G = draft_bg.shape[1]
     n_b = _leading_true(draft_bg == target_ids_bg1[:, :G])
     next_b = jnp.take_along_axis(target_ids_bg1, n_b[:, None], axis=1)[:, 0]
@@ -61,13 +66,15 @@ def accept_given_uniforms(u_bg: jax.Array, key_next: jax.Array, draft_bg: jax.Ar
                           p_bg1v: jax.Array) -> tuple[jax.Array, jax.Array]:
     """`accept_sampled` with its uniforms u [B,G] given (for hand-computed tests)."""
     G = draft_bg.shape[1]
-    p_d_bg = jnp.take_along_axis(p_bg1v[:, :G], draft_bg[..., None], axis=-1)[..., 0]
-    q_d_bg = 1.0 if q_bgv is None else jnp.take_along_axis(q_bgv, draft_bg[..., None], axis=-1)[..., 0]
-    n_b = _leading_true(u_bg * q_d_bg <= p_d_bg)
+    present_bg = draft_bg >= 0
+    ids_bg = jnp.maximum(draft_bg, 0)
+    p_d_bg = jnp.take_along_axis(p_bg1v[:, :G], ids_bg[..., None], axis=-1)[..., 0]
+    q_d_bg = 1.0 if q_bgv is None else jnp.take_along_axis(q_bgv, ids_bg[..., None], axis=-1)[..., 0]
+    n_b = _leading_true(present_bg & (u_bg * q_d_bg <= p_d_bg))
 
     p_n_bv = jnp.take_along_axis(p_bg1v, n_b[:, None, None], axis=1)[:, 0]
     at_b = jnp.minimum(n_b, G - 1)  # the rejected position (unused when n == G)
-    if q_bgv is None:
+    if q_bgv is None:  # one_hot(-1) is all zeros: an absent proposal leaves p untouched
         q_n_bv = jax.nn.one_hot(jnp.take_along_axis(draft_bg, at_b[:, None], axis=1)[:, 0], p_bg1v.shape[-1])
     else:
         q_n_bv = jnp.take_along_axis(q_bgv, at_b[:, None, None], axis=1)[:, 0]
@@ -77,10 +84,10 @@ def accept_given_uniforms(u_bg: jax.Array, key_next: jax.Array, draft_bg: jax.Ar
 
 
 def accept_always(key, draft_bg, q_bgv, p_bg1v):
-    """A deliberately wrong rule (accept every proposal, then sample the bonus from p).
+    """A deliberately wrong rule (accept every proposal made, then sample the next token from p).
 
     Kept only so the distribution test can show that it detects an inexact rule."""
-    B, G = draft_bg.shape
-    n_b = jnp.full((B,), G, jnp.int32)
-    next_b = jax.random.categorical(key, jnp.log(p_bg1v[:, G]), axis=-1).astype(jnp.int32)
+    n_b = _leading_true(draft_bg >= 0)
+    p_n_bv = jnp.take_along_axis(p_bg1v, n_b[:, None, None], axis=1)[:, 0]
+    next_b = jax.random.categorical(key, jnp.log(p_n_bv), axis=-1).astype(jnp.int32)
     return n_b, next_b

@@ -1,9 +1,10 @@
 """Sampled speculative decoding follows the target's (warped) distribution exactly.
 
-A tiny model with V = 8, a 3-token prompt, 3-token continuations: the exact target distribution over
-all 8^3 continuations is computed by enumeration; 20,000 speculative samples (G = 2, so rounds end
-at every position and the drafter re-syncs) are compared with a chi-square test at a fixed seed.
-The same test with a deliberately wrong rule (always accept) must fail.
+A tiny model with V = 8, a short prompt that repeats itself (so prompt lookup finds matches),
+3-token continuations: the exact target distribution over all 8^3 continuations is computed by
+enumeration; 20,000 speculative samples (G = 2, so rounds end at every position and drafters
+re-sync) are compared with a chi-square test at a fixed seed, for every drafter. The same test with
+a deliberately wrong rule (always accept) must fail.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import numpy as np
 import pytest
 from conftest import tiny_lm
 
-from specjax import loop, rejection, sampling
+from specjax import api, loop, rejection, sampling
 from specjax.config import DecodeConfig, SamplingConfig
-from specjax.drafters import ModelDrafter
 from specjax.lm import LM
 
 V, K, N, GAMMA = 8, 3, 20_000, 2
-PROMPT = [1, 2, 3]
+PROMPT = [1, 2, 3, 1, 2]
 CONFIGS = {
     "temperature-1": SamplingConfig(temperature=1.0),
     "temperature-0.6": SamplingConfig(temperature=0.6),
@@ -52,12 +52,15 @@ def exact_distribution(target, cfg: SamplingConfig) -> np.ndarray:
     return dist
 
 
+DRAFTERS = ["model", "layerskip:1", "layerskip:1:own", "ngram:2"]
+
+
 def sample_continuations(target, draft, cfg: SamplingConfig, accept=None, seed: int = 0) -> np.ndarray:
     lm, params = LM.split(target.module)
-    dlm, dparams = LM.split(draft.module)
+    drafter, dparams, _ = api.resolve_drafter(draft, target)
     prompt = jnp.tile(jnp.asarray(PROMPT, jnp.int32), (N, 1))
     state = loop.generate_spec(
-        lm, params, ModelDrafter(dlm), dparams, prompt, jnp.full((N,), len(PROMPT)), jnp.ones((N,), bool),
+        lm, params, drafter, dparams, prompt, jnp.full((N,), len(PROMPT)), jnp.ones((N,), bool),
         jax.random.key(seed), gamma=GAMMA, sampling_cfg=cfg, decode=DecodeConfig(max_new_tokens=K),
         size=len(PROMPT) + K + GAMMA + 2, accept=accept)
     out = np.asarray(state.tokens)[:, len(PROMPT):len(PROMPT) + K]
@@ -84,24 +87,27 @@ def chi_square_p_value(observed: np.ndarray, dist: np.ndarray) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
+@pytest.mark.parametrize("drafter", DRAFTERS)
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_speculative_samples_follow_target_distribution(models, name):
+def test_speculative_samples_follow_target_distribution(models, name, drafter):
     target, draft = models
     cfg = CONFIGS[name]
     dist = exact_distribution(target, cfg)
-    counts = sample_continuations(target, draft, cfg)
+    counts = sample_continuations(target, draft if drafter == "model" else drafter, cfg)
     p_value = chi_square_p_value(counts, dist)
     tv = 0.5 * np.abs(counts / N - dist).sum()
-    print(f"\n{name}: chi-square p = {p_value:.3g}, total variation = {tv:.4f}")
-    assert p_value > 1e-3, f"{name}: samples do not follow the target (p = {p_value:.2e}, TV = {tv:.3f})"
+    print(f"\n{drafter} {name}: chi-square p = {p_value:.3g}, total variation = {tv:.4f}")
+    assert p_value > 1e-3, f"{drafter} {name}: samples do not follow the target (p = {p_value:.2e}, TV = {tv:.3f})"
 
 
+@pytest.mark.parametrize("drafter", DRAFTERS)
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_wrong_acceptance_rule_is_detected(models, name):
+def test_wrong_acceptance_rule_is_detected(models, name, drafter):
     target, draft = models
     cfg = CONFIGS[name]
     dist = exact_distribution(target, cfg)
-    counts = sample_continuations(target, draft, cfg, accept=rejection.accept_always)
+    counts = sample_continuations(target, draft if drafter == "model" else drafter, cfg,
+                                  accept=rejection.accept_always)
     p_value = chi_square_p_value(counts, dist)
     assert p_value < 1e-6, f"{name}: the always-accept rule was not detected (p = {p_value:.2e})"
 

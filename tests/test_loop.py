@@ -15,7 +15,7 @@ from specjax.config import DecodeConfig, SamplingConfig
 from specjax.drafters import ModelDrafter
 from specjax.lm import LM
 
-PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], list(range(10, 30)), [42]]
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], list(range(10, 30)), [42], [5, 6, 7, 8, 5, 6, 7, 8, 5, 6]]
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,17 @@ def test_greedy_speculative_equals_autoregressive(target, drafts, ar_tokens, gam
     # fewer target passes than tokens whenever anything is accepted
     if kind != "random":
         assert result.stats["target_forward_passes"] < 40
+
+
+@pytest.mark.parametrize("gamma", [1, 2, 4, 7])
+@pytest.mark.parametrize("drafter", ["layerskip:1", "layerskip:1:own", "layerskip:2", "ngram:3", "ngram:2:2"])
+def test_greedy_speculative_equals_autoregressive_for_every_drafter(target, ar_tokens, gamma, drafter):
+    result = api.generate(target, PROMPTS, draft=drafter, gamma=gamma, max_new_tokens=40)
+    assert result.tokens == ar_tokens
+    if drafter == "layerskip:2":  # every layer of the target: every proposal accepted
+        assert result.stats["acceptance_rate"] == 1.0
+    if drafter.startswith("ngram"):
+        assert sum(result.stats["drafted"]) > 0, "the repetitive prompt must yield lookup proposals"
 
 
 def _run_spec(target, draft, prompts, *, gamma, max_new, eos=(), sampling=SamplingConfig(), seed=0):

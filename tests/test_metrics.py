@@ -26,7 +26,9 @@ def test_predicted_speedup():
 def test_summarize_estimates_acceptance_from_reached_proposals():
     # one row, G = 3, four rounds accepting 3, 0, 1, 2 proposals
     accepted_at = [[3, 2, 1]]  # position 0 accepted in 3 rounds, position 1 in 2, position 2 in 1
-    s = summarize(rounds=[4], drafted=[12], accepted=[6], accepted_at=accepted_at, emitted=[10])
+    reached_at = [[4, 3, 2]]
+    s = summarize(rounds=[4], drafted=[12], accepted=[6], accepted_at=accepted_at, reached_at=reached_at,
+                  emitted=[10])
     # reached: position 0 in 4 rounds, position 1 in 3, position 2 in 2 -> 6 / 9
     assert s["acceptance_rate"] == pytest.approx(6 / 9)
     assert s["accepted_per_drafted"] == pytest.approx(0.5)

@@ -50,7 +50,7 @@ def measure(target, prompts: Sequence, *, draft=None, gamma: int = 4, batch: int
             s = res.stats
             if draft is not None:
                 acc_at = np.asarray(s["accepted_at"]).sum(0)
-                reach = np.concatenate([[sum(s["rounds"])], acc_at[:-1]])
+                reach = np.asarray(s["reached_at"]).sum(0)
                 accepted += int(acc_at.sum())
                 reached += int(reach.sum())
                 rounds += sum(s["rounds"])

@@ -1,48 +1,53 @@
-"""Draft model: a second, smaller language model with the target's tokenizer, with its own KV cache.
+"""Draft model: a second language model with the target's tokenizer, with its own KV cache.
 
-Each round it re-syncs on the two newest committed tokens, then runs G - 1 single-token steps under
-`lax.scan`, drawing each proposal from its own warped distribution.
+Each round it re-syncs on the two newest committed tokens (one forward of T = 2), then runs G - 1
+single-token steps under `lax.scan`, drawing each proposal from its own warped distribution.
+With `layers` and `shares_target_params`, the same machinery runs a subset of the target's own
+blocks with a cache of its own (the "own cache" variant of the layer-skip drafter).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
-from specjax.drafters.base import draw, last_two
+from specjax.drafters.base import last_two, rollout
 from specjax.lm import LM
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelDrafter:
     lm: LM
+    layers: tuple[int, ...] | None = None  # run only these blocks (None: all of the draft model)
+    shares_target_params: bool = False  # True: the blocks are the target's (no draft params)
+    target_vocab: int | None = None  # pad / cut q to the target's vocabulary when it differs
     name: str = "model"
+    may_abstain: bool = False
 
-    def init(self, draft_params, batch: int, size: int):
-        return self.lm.init_cache(draft_params, batch, size)
+    def _params(self, draft_params, target_params):
+        return target_params if self.shares_target_params else draft_params
+
+    def init(self, draft_params, target_params, batch: int, size: int):
+        module = self.lm.module(self._params(draft_params, target_params))
+        return module.init_cache(batch, size, layers=None if self.layers is None else len(self.layers))
 
     def prefill(self, draft_params, target_params, cache, prompt_bp, positions_bp):
-        _, cache = self.lm.module(draft_params).hidden(prompt_bp, positions_bp, cache)
+        module = self.lm.module(self._params(draft_params, target_params))
+        _, cache = module.hidden(prompt_bp, positions_bp, cache, layers=self.layers)
         return cache
 
-    def propose(self, draft_params, target_params, cache, state, key, gamma, sampling, vocab_size):
+    def propose(self, draft_params, target_params, state, key, gamma, sampling, vocab_size):
+        params = self._params(draft_params, target_params)
+
+        def apply(tokens_bt, positions_bt, cache):
+            return self.lm.apply(params, tokens_bt, positions_bt, cache, layers=self.layers)
+
         tokens_b2, positions_b2 = last_two(state)
-        logits_b2v, cache = self.lm.apply(draft_params, tokens_b2, positions_b2, cache)
-        keys = jax.random.split(key, gamma)
-        first_b, first_q = draw(keys[0], logits_b2v[:, 1], sampling, vocab_size)
-
-        def step(carry, key_i):
-            cache, prev_b, pos_b = carry
-            logits_b1v, cache = self.lm.apply(draft_params, prev_b[:, None], pos_b[:, None], cache)
-            tok_b, q_bv = draw(key_i, logits_b1v[:, 0], sampling, vocab_size)
-            return (cache, tok_b, jnp.where(pos_b < 0, -1, pos_b + 1)), (tok_b, q_bv)
-
+        logits_b2v, cache = apply(tokens_b2, positions_b2, state.draft)
         start_b = jnp.where(positions_b2[:, 1] < 0, -1, positions_b2[:, 1] + 1)
-        (cache, _, _), (rest_gb, rest_q) = jax.lax.scan(step, (cache, first_b, start_b), keys[1:])
-        tokens_bg = jnp.concatenate([first_b[:, None], rest_gb.T], axis=1)
-        if first_q is None:
-            return tokens_bg, None, cache
-        q_bgv = jnp.concatenate([first_q[:, None], jnp.swapaxes(rest_q, 0, 1)], axis=1)
-        return tokens_bg, q_bgv, cache
+        tokens_bg, q_bgv, cache = rollout(apply, cache, logits_b2v[:, 1], start_b, key, gamma, sampling, vocab_size)
+        if q_bgv is not None and self.target_vocab is not None and q_bgv.shape[-1] != self.target_vocab:
+            extra = self.target_vocab - q_bgv.shape[-1]  # ids past the shared vocabulary have q = 0
+            q_bgv = jnp.pad(q_bgv, ((0, 0), (0, 0), (0, extra))) if extra > 0 else q_bgv[..., :self.target_vocab]
+        return tokens_bg, q_bgv, state.replace(draft=cache)
