@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/specjax generate --target smollm2-135m-instruct --chat \
-		--prompt "Write a Python function that checks whether a number is prime." \
-		--max-new-tokens 96
+	$(BIN)/specjax generate --target smollm2-135m-instruct --drafter ngram:3 --gamma 4 --chat \
+		--prompt "Complete this Python function and explain it briefly: def fibonacci(n): \"\"\"Return the n-th Fibonacci number.\"\"\"" \
+		--max-new-tokens 128
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests

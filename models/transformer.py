@@ -293,6 +293,24 @@ class Transformer(nnx.Module):
             kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, dtype=dtype or self.dtype,
         )
 
+    def with_kv_heads(self, kv_heads: int) -> "Transformer":
+        """The same model with every kv head repeated kv_heads / K times: identical outputs, a cache
+        with kv_heads heads. Used to shard grouped-query attention over more devices than K."""
+        cfg = self.config
+        if kv_heads % cfg.num_kv_heads or cfg.num_heads % kv_heads:
+            raise ValueError(f"kv_heads={kv_heads} must be a multiple of {cfg.num_kv_heads} dividing {cfg.num_heads}")
+        repeat = kv_heads // cfg.num_kv_heads
+        new_cfg = dataclasses.replace(cfg, num_kv_heads=kv_heads)
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(new_cfg, dtype=self.dtype, rngs=nnx.Rngs(0))))
+        pure = nnx.to_pure_dict(nnx.state(self, nnx.Param))
+        blocks = dict(pure["blocks"])
+        for name, axis in (("k", 2), ("v", 2), ("k_bias", 1), ("v_bias", 1)):  # [L, D, K, H] / [L, K, H]
+            if name in blocks:
+                blocks[name] = jnp.repeat(blocks[name], repeat, axis=axis)
+        pure["blocks"] = blocks
+        nnx.replace_by_pure_dict(abstract, pure)
+        return nnx.merge(graphdef, abstract)
+
     def hidden(self, tokens_bt, positions_bt, cache: KVCache, *, layers: int | tuple[int, ...] | None = None):
         """Run blocks and the final norm: -> hidden [B,T,D], cache.
 

@@ -46,19 +46,33 @@ class GenerateResult:
 
 
 class CompiledCache:
-    """Ahead-of-time compiled executables, one per (static settings, bucket); counts compilations."""
+    """Ahead-of-time compiled executables, one per (static settings, bucket); counts compilations.
 
-    def __init__(self):
+    Least recently used entries beyond `capacity` are dropped: every CPU executable holds memory
+    mappings of its own, and a long-lived process must not accumulate them without bound."""
+
+    def __init__(self, capacity: int = 24):
         self.table: dict[Any, Any] = {}
+        self.capacity = capacity
         self.compilations = 0
 
     def get(self, key, fn, *args, **static):
-        if key not in self.table:
-            started = time.perf_counter()
-            self.table[key] = fn.lower(*args, **static).compile()
-            self.compilations += 1
-            return self.table[key], time.perf_counter() - started
-        return self.table[key], 0.0
+        if key in self.table:
+            self.table[key] = self.table.pop(key)  # most recently used goes last
+            return self.table[key], 0.0
+        started = time.perf_counter()
+        compiled = fn.lower(*args, **static).compile()
+        self.put(key, compiled)
+        return compiled, time.perf_counter() - started
+
+    def put(self, key, value) -> None:
+        self.table[key] = value
+        self.compilations += 1
+        while len(self.table) > self.capacity:
+            self.table.pop(next(iter(self.table)))
+
+    def clear(self) -> None:
+        self.table.clear()
 
 
 COMPILED = CompiledCache()
@@ -198,15 +212,17 @@ def _nbytes(tree) -> int:
 
 def generate(target, prompts, *, draft=None, sampling: SamplingConfig | None = None, gamma: int = 4,
              max_new_tokens: int = 64, seed: int = 0, chat: bool = False,
-             eos_ids: Sequence[int] | None = None) -> GenerateResult:
+             eos_ids: Sequence[int] | None = None, mesh=None, rules=None, draft_rules=None) -> GenerateResult:
     """Generate continuations of `prompts` (strings, or lists of token ids) with `target`.
 
     draft: None for plain autoregressive decoding; a loaded draft model with the target's tokenizer;
     "layerskip:K" (the target's first K blocks; or "layerskip:0-9,20-29", ":own" for a private
     cache); "ngram:NMAX[:NMIN]" (prompt lookup); or a (drafter, params) pair (see `resolve_drafter`).
     sampling: temperature / top-k / top-p (greedy by default). gamma: proposals per round (G).
-    Returns tokens and text per prompt, statistics (acceptance, tokens per round) and timings
-    (compile time apart from run time).
+    mesh: a `specjax.sharding.make_mesh(data, model)` mesh to shard params, caches and state over
+    (rules / draft_rules: logical-axis tables, see `specjax.sharding`).
+    Returns tokens and text per prompt, statistics (acceptance, tokens per round, memory) and
+    timings (compile time apart from run time).
     """
     sampling = sampling or SamplingConfig()
     if not isinstance(gamma, int) or gamma < 1:
@@ -216,6 +232,10 @@ def generate(target, prompts, *, draft=None, sampling: SamplingConfig | None = N
     if eos_ids is None:
         eos_ids = tuple(tokenizer.eos_ids) if tokenizer is not None else ()
     eos_ids = tuple(int(e) for e in eos_ids)
+    if mesh is not None:
+        from specjax.sharding import prepare_for_mesh
+
+        target = _Model(prepare_for_mesh(target.module, mesh), tokenizer)
     lm, params = LM.split(target.module)
     V = lm.config.vocab_size
     for i, p in enumerate(ids):
@@ -223,6 +243,7 @@ def generate(target, prompts, *, draft=None, sampling: SamplingConfig | None = N
             raise ConfigError(f"prompt {i} has token ids outside [0, {V})")
     limit = tokenizer.vocab_size if tokenizer is not None else V
     rows = V  # the widest embedding in play: ids from `limit` up to it must never be drawn
+    drafter = draft_params = None
     if draft is not None:
         drafter, draft_params, shared = resolve_drafter(draft, target, eos_ids=eos_ids)
         if shared is not None:
@@ -231,22 +252,17 @@ def generate(target, prompts, *, draft=None, sampling: SamplingConfig | None = N
                           vocab_size=limit if limit < rows else None)
     prompt_bp, lengths_b, active_b = pad_batch(ids)
     P = prompt_bp.shape[1]
-    key = jax.random.key(seed)
-    inputs = (jnp.asarray(prompt_bp), jnp.asarray(lengths_b), jnp.asarray(active_b), key)
-    if draft is None:
-        size = P + max_new_tokens + 1
-        static = dict(sampling_cfg=sampling, decode=decode, size=size)
-        compiled, compile_s = COMPILED.get(("ar", lm, sampling, decode, size, prompt_bp.shape),
-                                           loop.generate_ar, lm, params, *inputs, **static)
-        run_args = (params, *inputs)
+    g = 0 if drafter is None else gamma
+    size = P + max_new_tokens + (1 if drafter is None else gamma + 2)
+    static = dict(gamma=g, sampling_cfg=sampling, decode=decode)
+    host_inputs = (prompt_bp, lengths_b, active_b)
+    if mesh is None:
+        run, compile_s = _compiled_local(lm, params, drafter, draft_params, host_inputs, seed, size, static)
     else:
-        size = P + max_new_tokens + gamma + 2
-        static = dict(gamma=gamma, sampling_cfg=sampling, decode=decode, size=size)
-        compiled, compile_s = COMPILED.get(("spec", lm, drafter, gamma, sampling, decode, size, prompt_bp.shape),
-                                           loop.generate_spec, lm, params, drafter, draft_params, *inputs, **static)
-        run_args = (params, draft_params, *inputs)
+        run, compile_s = _compiled_sharded(lm, params, drafter, draft_params, host_inputs, seed, size, static,
+                                           mesh, rules, draft_rules)
     started = time.perf_counter()
-    state = compiled(*run_args)
+    state = run()
     jax.block_until_ready(state.tokens)
     run_s = time.perf_counter() - started
     result = _result(state, ids, tokenizer, compile_s, run_s, speculative=draft is not None)
@@ -255,9 +271,83 @@ def generate(target, prompts, *, draft=None, sampling: SamplingConfig | None = N
     return result
 
 
+@dataclasses.dataclass
+class _Model:
+    module: Any
+    tokenizer: Any
+
+
+def _compiled_local(lm, params, drafter, draft_params, host_inputs, seed, size, static):
+    inputs = (*(jnp.asarray(x) for x in host_inputs), jax.random.key(seed))
+    shape = host_inputs[0].shape
+    if drafter is None:
+        static = dict(sampling_cfg=static["sampling_cfg"], decode=static["decode"], size=size)
+        compiled, compile_s = COMPILED.get(("ar", lm, *static.values(), shape), loop.generate_ar, lm, params,
+                                           *inputs, **static)
+        return (lambda: compiled(params, *inputs)), compile_s
+    static = dict(static, size=size)
+    compiled, compile_s = COMPILED.get(("spec", lm, drafter, *static.values(), shape), loop.generate_spec, lm,
+                                       params, drafter, draft_params, *inputs, **static)
+    return (lambda: compiled(params, draft_params, *inputs)), compile_s
+
+
+def _compiled_sharded(lm, params, drafter, draft_params, host_inputs, seed, size, static, mesh, rules, draft_rules):
+    """`decode_start` and `decode_run` jitted with explicit in/out shardings; the state is donated."""
+    from specjax import sharding as shd
+
+    rules = rules or shd.DEFAULT_RULES
+    draft_rules = draft_rules or shd.REPLICATED_RULES
+    plan = shd.Plan()
+    p_sh = shd.param_shardings(params, mesh, rules, plan)
+    d_sh = shd.param_shardings(draft_params, mesh, draft_rules, plan) if draft_params is not None else None
+    key = jax.random.key(seed)
+    in_sh = shd.tree_shardings((*host_inputs, key), mesh, rules, plan)
+    gamma, sampling_cfg, decode = static["gamma"], static["sampling_cfg"], static["decode"]
+
+    def start_fn(params, draft_params, prompt_bp, lengths_b, active_b, key):
+        return loop.decode_start(lm, params, drafter, draft_params, prompt_bp, lengths_b, active_b, key,
+                                 gamma=gamma, sampling_cfg=sampling_cfg, decode=decode, size=size)
+
+    def run_fn(params, draft_params, state):
+        return loop.decode_run(lm, params, drafter, draft_params, state, gamma=gamma, sampling_cfg=sampling_cfg,
+                               decode=decode)
+
+    placed = shd.place((params, draft_params, *host_inputs, key), (p_sh, d_sh, *in_sh))
+    cache_key = ("sharded", lm, drafter, gamma, sampling_cfg, decode, size, host_inputs[0].shape, mesh,
+                 tuple(rules), tuple(draft_rules))
+    if cache_key not in COMPILED.table:
+        state_shape = jax.eval_shape(start_fn, *placed)
+        state_sh = shd.tree_shardings(state_shape, mesh, rules, plan)
+        state_arg = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                 state_shape, state_sh)
+        started = time.perf_counter()
+        start_c = jax.jit(start_fn, in_shardings=(p_sh, d_sh, *in_sh), out_shardings=state_sh).lower(
+            *placed).compile()
+        run_c = jax.jit(run_fn, in_shardings=(p_sh, d_sh, state_sh), out_shardings=state_sh,
+                        donate_argnums=(2,)).lower(placed[0], placed[1], state_arg).compile()
+        COMPILED.put(cache_key, (start_c, run_c, plan))
+        compile_s = time.perf_counter() - started
+    else:
+        compile_s = 0.0
+        COMPILED.table[cache_key] = COMPILED.table.pop(cache_key)
+    start_c, run_c, plan = COMPILED.table[cache_key]
+    return (lambda: run_c(placed[0], placed[1], start_c(*placed))), compile_s
+
+
+def _host(x) -> np.ndarray:
+    """A (possibly sharded, possibly multi-process) array as a full numpy array on every process."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def _result(state, ids, tokenizer, compile_s, run_s, *, speculative: bool) -> GenerateResult:
     n = len(ids)
-    tokens_bs, lengths, plen = (np.asarray(x) for x in (state.tokens, state.lengths, state.prompt_lengths))
+    state = state.replace(cache=None, draft=None, key=None)  # only tokens, lengths and counters come back
+    state = jax.tree.map(_host, state)
+    tokens_bs, lengths, plen = state.tokens, state.lengths, state.prompt_lengths
     out = [tokens_bs[i, plen[i]:lengths[i]].tolist() for i in range(n)]
     new_tokens = [len(o) for o in out]
     text = [tokenizer.decode(o) for o in out] if tokenizer is not None else None

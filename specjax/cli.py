@@ -35,8 +35,14 @@ def _cmd_generate(args) -> int:
         draft = drafter
     load_s = time.perf_counter() - start
     prompts = args.prompt or [sys.stdin.read()]
+    mesh = None
+    if args.mesh:
+        from specjax.sharding import make_mesh
+
+        data, model = _parse_mesh(args.mesh)
+        mesh = make_mesh(data, model)
     result = api.generate(target, prompts, draft=draft, gamma=args.gamma, sampling=sampling,
-                          max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat)
+                          max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat, mesh=mesh)
     result.timing["load_s"] = load_s
     if args.json:
         print(result.to_json())
@@ -52,6 +58,16 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _parse_mesh(text: str) -> tuple[int, int]:
+    from specjax.errors import ConfigError
+
+    try:
+        data, model = (int(x) for x in text.lower().split("x"))
+    except ValueError as err:
+        raise ConfigError(f"--mesh must look like DATAxMODEL (e.g. 2x4), got {text!r}") from err
+    return data, model
+
+
 def _cmd_convert(args) -> int:
     from specjax.models import load, save
     from specjax.models.convert import iter_params
@@ -62,6 +78,16 @@ def _cmd_convert(args) -> int:
     n_params = sum(int(v.size) for _, v in iter_params(model))
     print(f"converted {model.name} ({model.config.family}, {n_params:,} parameters, {args.dtype}) "
           f"to {out} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from specjax.bench.harness import BenchConfig, run
+
+    cfg = BenchConfig.from_yaml(args.config)
+    out = run(cfg, args.out or f"benchmarks/{cfg.name}")
+    print(f"wrote {args.out or f'benchmarks/{cfg.name}'}/results.json, results.md and plots "
+          f"({len(out['points'])} points, {out['wall_s'] / 60:.1f} min)")
     return 0
 
 
@@ -84,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="params dtype (default: float32, or the dtype a converted directory was saved in)")
     g.add_argument("--json", action="store_true", help="print one JSON object with text, token ids and statistics")
+    g.add_argument("--mesh", help="shard over a DATAxMODEL device mesh, e.g. 1x8 (all processes' devices)")
+    g.add_argument("--coordinator", help="multi-host: coordinator address HOST:PORT (or $SPECJAX_COORDINATOR)")
+    g.add_argument("--num-processes", type=int, help="multi-host: number of processes (or $SPECJAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, help="multi-host: this process's id (or $SPECJAX_PROCESS_ID)")
+    g.add_argument("--local-devices", type=int, help="CPU only: number of local CPU devices to expose")
     _add_sampling(g)
     g.set_defaults(func=_cmd_generate)
 
@@ -92,12 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="output directory")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     c.set_defaults(func=_cmd_convert)
+
+    b = sub.add_parser("bench", help="run a benchmark suite from a YAML config (see configs/bench/)")
+    b.add_argument("config", help="YAML config, e.g. configs/bench/smollm2.yaml")
+    b.add_argument("--out", default=None, help="output directory (default: benchmarks/<config name>)")
+    b.set_defaults(func=_cmd_bench)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "generate":  # multi-host flags or the SPECJAX_/JAX_ environment variables
+            from specjax.sharding import distributed_init
+
+            started = distributed_init(args.coordinator, args.num_processes, args.process_id, args.local_devices)
+            if not started and args.local_devices:
+                import jax
+
+                jax.config.update("jax_num_cpu_devices", args.local_devices)
         return args.func(args)
     except SpecJaxError as err:
         print(f"specjax: error: {err}", file=sys.stderr)

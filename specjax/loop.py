@@ -130,29 +130,6 @@ def _not_finished(state: SpecState):
     return ~jnp.all(state.done)
 
 
-@functools.partial(jax.jit, static_argnames=("lm", "sampling_cfg", "decode", "size"))
-def generate_ar(lm: LM, params, prompt_bp, prompt_lengths_b, active_b, key, *,
-                sampling_cfg: SamplingConfig, decode: DecodeConfig, size: int) -> SpecState:
-    """Autoregressive baseline: one target forward per token, same warping, cache and stopping.
-
-    prompt_bp [B,P] right-padded prompts, prompt_lengths_b [B], active_b [B] (False for batch
-    padding rows, which stay done). `size` (S) is the token buffer and cache length.
-    """
-    state = start(lm, params, prompt_bp, prompt_lengths_b, active_b, key, size=size, gamma=0,
-                  sampling_cfg=sampling_cfg, decode=decode, headroom=0)
-
-    def step(state: SpecState):
-        pos_b = jnp.where(state.done, -1, state.lengths - 1)
-        logits_b1v, cache = lm.apply(params, newest_tokens(state)[:, None], pos_b[:, None], state.cache)
-        key, sub = jax.random.split(state.key)
-        next_b = sampling.sample(sub, logits_b1v[:, 0], sampling_cfg, decode.vocab_size)
-        state = state.replace(cache=cache.rollback(state.lengths), key=key, steps=state.steps + 1)
-        state, _ = commit(state, next_b[:, None], jnp.ones_like(next_b), decode)
-        return state
-
-    return jax.lax.while_loop(_not_finished, step, state)
-
-
 def verify(lm: LM, params, state: SpecState, draft_bg: jax.Array, *, may_abstain: bool = False):
     """One target pass over [newest committed token, G proposals]: -> (logits [B,G+1,V], cache).
 
@@ -213,25 +190,68 @@ def spec_round(lm: LM, params, drafter, draft_params, state: SpecState, *, gamma
     return state.replace(cache=cache.rollback(jnp.maximum(state.lengths - 1, 0)))
 
 
-@functools.partial(jax.jit, static_argnames=("lm", "drafter", "sampling_cfg", "decode", "gamma", "size", "accept"))
-def generate_spec(lm: LM, params, drafter, draft_params, prompt_bp, prompt_lengths_b, active_b, key, *,
-                  gamma: int, sampling_cfg: SamplingConfig, decode: DecodeConfig, size: int,
-                  accept: Callable | None = None) -> SpecState:
-    """Speculative decoding: prefill target and drafter, then rounds until every row is done.
+def ar_step(lm: LM, params, state: SpecState, *, sampling_cfg: SamplingConfig, decode: DecodeConfig) -> SpecState:
+    """One autoregressive step: feed each row's newest token, sample the next, commit it."""
+    pos_b = jnp.where(state.done, -1, state.lengths - 1)
+    logits_b1v, cache = lm.apply(params, newest_tokens(state)[:, None], pos_b[:, None], state.cache)
+    key, sub = jax.random.split(state.key)
+    next_b = sampling.sample(sub, logits_b1v[:, 0], sampling_cfg, decode.vocab_size)
+    state = state.replace(cache=cache.rollback(state.lengths), key=key, steps=state.steps + 1)
+    state, _ = commit(state, next_b[:, None], jnp.ones_like(next_b), decode)
+    return state
 
-    Same inputs as `generate_ar`, plus the drafter (static) and its params, and gamma (G).
-    `size` must leave G + 1 slots of headroom beyond prompt + max_new_tokens.
+
+def decode_start(lm: LM, params, drafter, draft_params, prompt_bp, prompt_lengths_b, active_b, key, *,
+                 gamma: int, sampling_cfg: SamplingConfig, decode: DecodeConfig, size: int) -> SpecState:
+    """Prefill the target (and the drafter, if any) and commit the first token: -> SpecState.
+
+    prompt_bp [B,P] right-padded prompts, prompt_lengths_b [B], active_b [B] (False for batch
+    padding rows, which stay done). `size` (S) is the token buffer and cache length; with a drafter
+    it must leave G + 1 slots of headroom beyond prompt + max_new_tokens. drafter=None (and
+    gamma=0) gives the autoregressive baseline's state.
     """
+    headroom = 0 if drafter is None else gamma + 1
     state = start(lm, params, prompt_bp, prompt_lengths_b, active_b, key, size=size, gamma=gamma,
-                  sampling_cfg=sampling_cfg, decode=decode, headroom=gamma + 1)
+                  sampling_cfg=sampling_cfg, decode=decode, headroom=headroom)
+    if drafter is None:
+        return state
     B, P = prompt_bp.shape
     dstate = drafter.init(draft_params, params, B, size)
     active_prompt = state.replace(done=~active_b)
     dstate = drafter.prefill(draft_params, params, dstate, prompt_bp, prompt_positions(active_prompt, P))
-    state = state.replace(draft=dstate)
+    return state.replace(draft=dstate)
 
-    def round_(state: SpecState) -> SpecState:
+
+def decode_run(lm: LM, params, drafter, draft_params, state: SpecState, *, gamma: int,
+               sampling_cfg: SamplingConfig, decode: DecodeConfig, accept: Callable | None = None) -> SpecState:
+    """The `lax.while_loop`: speculation rounds (or autoregressive steps when drafter is None)
+    until every row is done (EOS, max_new_tokens, or a full buffer)."""
+
+    def body(state: SpecState) -> SpecState:
+        if drafter is None:
+            return ar_step(lm, params, state, sampling_cfg=sampling_cfg, decode=decode)
         return spec_round(lm, params, drafter, draft_params, state, gamma=gamma, sampling_cfg=sampling_cfg,
                           decode=decode, accept=accept)
 
-    return jax.lax.while_loop(_not_finished, round_, state)
+    return jax.lax.while_loop(_not_finished, body, state)
+
+
+@functools.partial(jax.jit, static_argnames=("lm", "drafter", "sampling_cfg", "decode", "gamma", "size", "accept"))
+def generate_spec(lm: LM, params, drafter, draft_params, prompt_bp, prompt_lengths_b, active_b, key, *,
+                  gamma: int, sampling_cfg: SamplingConfig, decode: DecodeConfig, size: int,
+                  accept: Callable | None = None) -> SpecState:
+    """Speculative decoding in one jit: `decode_start`, then `decode_run`."""
+    state = decode_start(lm, params, drafter, draft_params, prompt_bp, prompt_lengths_b, active_b, key,
+                         gamma=gamma, sampling_cfg=sampling_cfg, decode=decode, size=size)
+    return decode_run(lm, params, drafter, draft_params, state, gamma=gamma, sampling_cfg=sampling_cfg,
+                      decode=decode, accept=accept)
+
+
+@functools.partial(jax.jit, static_argnames=("lm", "sampling_cfg", "decode", "size"))
+def generate_ar(lm: LM, params, prompt_bp, prompt_lengths_b, active_b, key, *,
+                sampling_cfg: SamplingConfig, decode: DecodeConfig, size: int) -> SpecState:
+    """Autoregressive baseline in one jit: one target forward per token, with the same warping,
+    cache, state and stopping as the speculative loop (so speedups compare like with like)."""
+    state = decode_start(lm, params, None, None, prompt_bp, prompt_lengths_b, active_b, key,
+                         gamma=0, sampling_cfg=sampling_cfg, decode=decode, size=size)
+    return decode_run(lm, params, None, None, state, gamma=0, sampling_cfg=sampling_cfg, decode=decode)

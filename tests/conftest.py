@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import jax  # noqa: E402
+
+# Eight CPU devices for the sharding tests; single-device code runs on the first one.
+jax.config.update("jax_num_cpu_devices", 8)
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 TINY_VOCAB = 101
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop compiled programs after each test module: every CPU executable holds memory mappings,
+    and one process running the whole suite would otherwise approach the kernel's map limit."""
+    yield
+    from specjax import api
+
+    api.COMPILED.clear()
+    jax.clear_caches()
 
 
 def _tiny_configs():
@@ -70,6 +87,25 @@ def torch_logits(model, tokens_bt: np.ndarray, lengths_b) -> np.ndarray:
     mask = np.array([[1] * n + [0] * (T - n) for n in lengths_b])
     with torch.no_grad():
         return model(torch.tensor(tokens_bt), attention_mask=torch.tensor(mask)).logits.float().numpy()
+
+
+# -- a tiny HF model directory (config, safetensors, tokenizer.json) ----------------------------
+
+@pytest.fixture(scope="session")
+def hf_dir(tmp_path_factory):
+    """A tiny HF model directory with a real tokenizer.json (a small BPE trained here)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    d = tmp_path_factory.mktemp("hf")
+    make_tiny_hf("llama").save_pretrained(d)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=["<unk>", "<s>", "</s>"])
+    tok.train_from_iterator(["hello world, the quick brown fox jumps over the lazy dog"] * 10, trainer)
+    assert tok.get_vocab_size() <= TINY_VOCAB
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    return d
 
 
 # -- real models -------------------------------------------------------------------------------

@@ -5,26 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY_VOCAB, make_tiny_hf
 
 from specjax.cli import main
-
-
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    """A tiny HF model directory with a real tokenizer.json (a small BPE trained here)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    d = tmp_path_factory.mktemp("hf")
-    make_tiny_hf("llama").save_pretrained(d)
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=["<unk>", "<s>", "</s>"])
-    tok.train_from_iterator(["hello world, the quick brown fox jumps over the lazy dog"] * 10, trainer)
-    assert tok.get_vocab_size() <= TINY_VOCAB
-    tok.save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
-    return d
 
 
 def test_convert_then_generate_json(hf_dir, tmp_path, capsys):

@@ -1,0 +1,75 @@
+"""Micro-measurements for the formulas: target step time, verify cost ratio v, drafter cost ratio c.
+
+  target step   one jitted target forward of T = 1 token per row, on a cache of `size` slots
+  v             (G + 1)-token verify time / 1-token step time
+  c             drafter `propose` time for G proposals / (G * target step time)
+
+Each figure is the median of `repeats` timed calls after a warm-up call (which compiles).
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from specjax import loop
+from specjax.config import SamplingConfig
+from specjax.lm import LM
+
+
+def _median_time(fn, *args, repeats: int = 20) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _state(lm: LM, params, batch: int, size: int, context: int, gamma: int, vocab: int) -> loop.SpecState:
+    """A decode state whose rows hold `context` committed tokens of a repeating pattern."""
+    tokens = (jnp.arange(size)[None] * 7 % min(vocab, 97)).astype(jnp.int32)
+    tokens = jnp.broadcast_to(tokens, (batch, size))
+    lengths = jnp.full((batch,), context, jnp.int32)
+    cache = lm.init_cache(params, batch, size)
+    return loop.SpecState(tokens=tokens, lengths=lengths, prompt_lengths=lengths, done=jnp.zeros((batch,), bool),
+                          cache=cache.rollback(lengths - 1), draft=None, key=jax.random.key(0),
+                          steps=jnp.zeros((), jnp.int32), stats=loop.SpecStats.zeros(batch, gamma))
+
+
+def step_times(target, *, batch: int, gammas, size: int = 512, context: int = 256, repeats: int = 20) -> dict:
+    """-> {"target_step_s": t1, "verify_s": {G: t}, "v": {G: t / t1}}."""
+    lm, params = LM.split(target.module)
+
+    @functools.partial(jax.jit, static_argnames=("T",))
+    def forward(params, cache, T):
+        tokens = jnp.ones((batch, T), jnp.int32)
+        positions = jnp.broadcast_to(context - 1 + jnp.arange(T), (batch, T))
+        return lm.apply(params, tokens, positions, cache)[0]
+
+    cache = lm.init_cache(params, batch, size).rollback(jnp.full((batch,), context - 1))
+    t1 = _median_time(lambda: forward(params, cache, 1), repeats=repeats)
+    verify = {g: _median_time(lambda g=g: forward(params, cache, g + 1), repeats=repeats) for g in gammas}
+    return {"target_step_s": t1, "verify_s": verify, "v": {g: t / t1 for g, t in verify.items()}}
+
+
+def drafter_time(target, drafter, draft_params, *, batch: int, gamma: int, sampling: SamplingConfig,
+                 target_step_s: float, size: int = 512, context: int = 256, repeats: int = 20) -> dict:
+    """-> {"propose_s": t, "c": t / (G * target step)} for one drafter and G."""
+    lm, params = LM.split(target.module)
+    vocab = lm.config.vocab_size
+    state = _state(lm, params, batch, size, context, gamma, vocab)
+    state = state.replace(draft=drafter.init(draft_params, params, batch, size))
+
+    @jax.jit
+    def propose(draft_params, params, state):
+        tokens, q, _ = drafter.propose(draft_params, params, state, jax.random.key(1), gamma, sampling, None)
+        return tokens if q is None else (tokens, q)
+
+    t = _median_time(propose, draft_params, params, state, repeats=repeats)
+    return {"propose_s": t, "c": t / (gamma * target_step_s)}

@@ -1,0 +1,162 @@
+"""Benchmark results -> markdown tables, PNG plots, and an in-place refresh of BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+
+
+def _f(x, fmt=".2f", dash="-"):
+    return dash if x is None else format(x, fmt)
+
+
+def markdown(results: dict, out_dir: Path, link_base: Path | None = None) -> str:
+    cfg, m = results["config"], results["machine"]
+    base = Path(os.path.relpath(Path(out_dir).absolute(), Path(link_base).absolute())) if link_base else Path(out_dir)
+    lines = [
+        f"Config `{cfg['name']}`: target `{cfg['target']}` ({cfg['dtype']}), batch {cfg['batch']}, "
+        f"{cfg['prompts_per_suite']} prompts per suite, {cfg['max_new_tokens']} new tokens (EOS ignored), "
+        f"median of {cfg['repeats']} timed repeats after a warm-up. Machine: {m['machine']}, {m['cpus']} cores, "
+        f"JAX backend `{m['jax_backend']}`. Wall time of the whole run: {results.get('wall_s', 0) / 60:.1f} min.",
+        "",
+        "Columns: a = acceptance rate (accepted / reached proposals); tokens/round measured, and from the "
+        "formula (1 - a^(G+1)) / (1 - a); c = drafter cost per proposal / target step; v = (G+1)-token verify / "
+        "1-token step; predicted speedup = formula / (G c + v); TTFT = prefill + first token.",
+        "",
+    ]
+    groups = defaultdict(list)
+    for p in results["points"]:
+        groups[(p["suite"], p["sampling"])].append(p)
+    for (suite, sampling), points in groups.items():
+        ar = next(p for p in points if p["drafter"] == "autoregressive")
+        lines += [f"**{suite}, {sampling}** (autoregressive: {ar['tokens_per_s']:.1f} tokens/s, "
+                  f"TTFT {ar.get('ttft_ms', 0):.0f} ms, compile {ar['compile_s']:.1f} s)", "",
+                  "| drafter | G | tokens/s | speedup | a | tokens/round | formula | c | v | predicted | compile s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for p in points:
+            if p["drafter"] == "autoregressive":
+                continue
+            lines.append(
+                f"| {p['drafter']} | {p['gamma']} | {p['tokens_per_s']:.1f} | {p['speedup']:.2f}x | "
+                f"{_f(p.get('acceptance_rate'), '.3f')} | {_f(p.get('mean_tokens_per_round'))} | "
+                f"{_f(p.get('predicted_tokens_per_round'))} | {_f(p.get('c'), '.3f')} | {_f(p.get('v'))} | "
+                f"{_f(p.get('predicted_speedup'))}x | {p['compile_s']:.1f} |")
+        lines.append("")
+    if results.get("peers"):
+        lines += ["**Side by side with transformers** (same model, prompts, lengths; batch 1, greedy)", "",
+                  "| suite | decoder | tokens/s | specjax / transformers |", "|---|---|---|---|"]
+        by_suite = defaultdict(list)
+        for r in results["peers"]:
+            by_suite[r["suite"]].append(r)
+        for suite, rows in by_suite.items():
+            hf = {r["kind"]: r["tokens_per_s"] for r in rows if r["peer"].startswith("transformers")}
+            for r in rows:
+                ratio = ""
+                if r["peer"].startswith("specjax") and r["kind"] in hf:
+                    ratio = f"{r['tokens_per_s'] / hf[r['kind']]:.2f}x"
+                lines.append(f"| {suite} | {r['peer']} | {r['tokens_per_s']:.1f} | {ratio} |")
+        lines.append("")
+    if results.get("batch_sweep"):
+        bs = results["batch_sweep"]
+        lines += [f"**Batch sweep** ({bs[0]['drafter']}, G={bs[0]['gamma']}, suite {bs[0]['suite']}, greedy): "
+                  "speedup over the autoregressive baseline at the same batch size", "",
+                  "| batch | autoregressive tokens/s | speculative tokens/s | speedup | a | tokens/round |",
+                  "|---|---|---|---|---|---|"]
+        for r in bs:
+            lines.append(f"| {r['batch']} | {r['ar_tokens_per_s']:.1f} | {r['spec_tokens_per_s']:.1f} | "
+                         f"{r['speedup']:.2f}x | {_f(r['acceptance_rate'], '.3f')} | "
+                         f"{_f(r['mean_tokens_per_round'])} |")
+        lines.append("")
+    for png in sorted(Path(out_dir).glob("*.png")):
+        lines.append(f"![{png.stem}]({(base / png.name).as_posix()})")
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    written = []
+    points = [p for p in results["points"] if p["drafter"] != "autoregressive"]
+    if points:
+        keys = sorted({(p["suite"], p["sampling"]) for p in points})
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+        for ax, (suite, sampling) in zip(axes[0], keys):
+            for drafter in sorted({p["drafter"] for p in points}):
+                ps = sorted((p for p in points if (p["suite"], p["sampling"], p["drafter"]) == (suite, sampling, drafter)),
+                            key=lambda p: p["gamma"])
+                ax.plot([p["gamma"] for p in ps], [p["speedup"] for p in ps], marker="o", label=drafter)
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+            ax.set_title(f"{suite}, {sampling}", fontsize=9)
+            ax.set_xlabel("G")
+            ax.set_ylabel("speedup over autoregressive")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        written.append(_save(fig, out_dir / "speedup_vs_gamma.png"))
+
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        for drafter in sorted({p["drafter"] for p in points}):
+            ps = [p for p in points if p["drafter"] == drafter and p["acceptance_by_position"]]
+            if not ps:
+                continue
+            best = max(ps, key=lambda p: p["gamma"])
+            pos = [v for v in best["acceptance_by_position"]]
+            ax.plot(range(1, len(pos) + 1), [v if v is not None else float("nan") for v in pos], marker="o",
+                    label=f"{drafter} ({best['suite']}, {best['sampling']})")
+        ax.set_xlabel("draft position")
+        ax.set_ylabel("P(accepted | earlier accepted)")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        written.append(_save(fig, out_dir / "acceptance_by_position.png"))
+
+        pred = [p for p in points if p.get("predicted_speedup") is not None]
+        if pred:
+            fig, ax = plt.subplots(figsize=(3.8, 3.4))
+            for drafter in sorted({p["drafter"] for p in pred}):
+                ps = [p for p in pred if p["drafter"] == drafter]
+                ax.scatter([p["predicted_speedup"] for p in ps], [p["speedup"] for p in ps], label=drafter, s=14)
+            hi = max(max(p["predicted_speedup"] for p in pred), max(p["speedup"] for p in pred)) * 1.1
+            ax.plot([0, hi], [0, hi], color="grey", lw=0.8, ls="--")
+            ax.set_xlabel("predicted speedup tau / (G c + v)")
+            ax.set_ylabel("measured speedup")
+            ax.legend(fontsize=6)
+            fig.tight_layout()
+            written.append(_save(fig, out_dir / "predicted_vs_measured.png"))
+    if results.get("batch_sweep"):
+        bs = results["batch_sweep"]
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        ax.plot([r["batch"] for r in bs], [r["speedup"] for r in bs], marker="o")
+        ax.set_xscale("log", base=2)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("speedup over autoregressive")
+        ax.set_title(f"{bs[0]['drafter']}, G={bs[0]['gamma']}", fontsize=9)
+        fig.tight_layout()
+        written.append(_save(fig, out_dir / "speedup_vs_batch.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=80)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def refresh_section(file: Path, section: str, body: str) -> None:
+    """Replace the text between `<!-- bench:SECTION:start -->` and `<!-- bench:SECTION:end -->`."""
+    start, end = f"<!-- bench:{section}:start -->", f"<!-- bench:{section}:end -->"
+    text = file.read_text() if file.exists() else ""
+    block = f"{start}\n{body}{end}"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    file.write_text(text)
