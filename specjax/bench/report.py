@@ -33,8 +33,9 @@ def markdown(results: dict, out_dir: Path, link_base: Path | None = None) -> str
         ar = next(p for p in points if p["drafter"] == "autoregressive")
         lines += [f"**{suite}, {sampling}** (autoregressive: {ar['tokens_per_s']:.1f} tokens/s, "
                   f"TTFT {ar.get('ttft_ms', 0):.0f} ms, compile {ar['compile_s']:.1f} s)", "",
-                  "| drafter | G | tokens/s | speedup | a | tokens/round | formula | c | v | predicted | compile s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| drafter | G | tokens/s | speedup | a | tokens/round | formula | c | v | predicted | TTFT ms "
+                  "| compile s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in points:
             if p["drafter"] == "autoregressive":
                 continue
@@ -42,7 +43,7 @@ def markdown(results: dict, out_dir: Path, link_base: Path | None = None) -> str
                 f"| {p['drafter']} | {p['gamma']} | {p['tokens_per_s']:.1f} | {p['speedup']:.2f}x | "
                 f"{_f(p.get('acceptance_rate'), '.3f')} | {_f(p.get('mean_tokens_per_round'))} | "
                 f"{_f(p.get('predicted_tokens_per_round'))} | {_f(p.get('c'), '.3f')} | {_f(p.get('v'))} | "
-                f"{_f(p.get('predicted_speedup'))}x | {p['compile_s']:.1f} |")
+                f"{_f(p.get('predicted_speedup'))}x | {_f(p.get('ttft_ms'), '.0f')} | {p['compile_s']:.1f} |")
         lines.append("")
     if results.get("peers"):
         lines += ["**Side by side with transformers** (same model, prompts, lengths; batch 1, greedy)", "",
