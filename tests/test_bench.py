@@ -13,7 +13,8 @@ from specjax.errors import ConfigError
 
 POINT_FIELDS = {"tokens_per_s", "latency_ms_per_token", "compile_s", "acceptance_rate", "mean_tokens_per_round",
                 "predicted_tokens_per_round", "acceptance_by_position", "c", "v", "predicted_speedup", "speedup",
-                "memory", "suite", "sampling", "drafter", "gamma", "batch", "ttft_ms"}
+                "memory", "suite", "sampling", "drafter", "gamma", "batch", "ttft_ms", "decode_tokens_per_s",
+                "decode_speedup"}
 
 
 def test_harness_end_to_end(hf_dir, tmp_path):

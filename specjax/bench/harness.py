@@ -121,6 +121,7 @@ def run(cfg: BenchConfig, out_dir: str | os.PathLike) -> dict:
             base = measure(target, prompts, **common)
             base.update(suite=suite, sampling=sampling_label(s), drafter="autoregressive",
                         ttft_ms=_ttft_ms(target, prompts, chat, sampling, cfg))
+            _add_decode_rate(base, cfg)
             results["points"].append(base)
             bar.update()
             for spec in cfg.drafters:
@@ -131,6 +132,9 @@ def run(cfg: BenchConfig, out_dir: str | os.PathLike) -> dict:
                     point.update(suite=suite, sampling=sampling_label(s), drafter=spec,
                                  speedup=point["tokens_per_s"] / base["tokens_per_s"],
                                  ttft_ms=_ttft_ms(target, prompts, chat, sampling, cfg, draft, g))
+                    _add_decode_rate(point, cfg)
+                    both = point["decode_tokens_per_s"], base["decode_tokens_per_s"]
+                    point["decode_speedup"] = both[0] / both[1] if None not in both else None
                     _add_formulas(point, target, draft, spec, g, sampling, cfg, steps_cache)
                     point["memory"] = api.memory_report(target, draft, batch=cfg.batch,
                                                         length=512 + cfg.max_new_tokens)
@@ -154,6 +158,15 @@ def run(cfg: BenchConfig, out_dir: str | os.PathLike) -> dict:
     return results
 
 
+def _add_decode_rate(point: dict, cfg: BenchConfig) -> None:
+    """Tokens per second of the decode phase alone: the prefill (TTFT, which also emits each row's
+    first token) taken out of every call. The formulas model this phase only."""
+    groups = point["groups"]
+    seconds = point["run_s"] - groups * point["ttft_ms"] / 1000
+    tokens = point["tokens"] - groups * cfg.batch
+    point["decode_tokens_per_s"] = tokens / seconds if seconds > 0 else None
+
+
 def _ttft_ms(target, prompts, chat, sampling, cfg, draft=None, gamma: int = 4) -> float:
     """Time to first token: the whole jitted call with max_new_tokens = 1, i.e. the prefill of the
     target (and of the drafter, if it has one) plus the first token; compile excluded."""
@@ -171,10 +184,9 @@ def _add_formulas(point, target, draft, spec, gamma, sampling, cfg, steps_cache)
         point["predicted_tokens_per_round"] = metrics.expected_tokens_per_round(min(max(a, 0.0), 1.0), gamma)
     if not cfg.cost_ratios:
         return
-    key = cfg.batch
-    if key not in steps_cache:
-        steps_cache[key] = micro.step_times(target, batch=cfg.batch, gammas=cfg.gammas)
-    steps = steps_cache[key]
+    if cfg.batch not in steps_cache:
+        steps_cache[cfg.batch] = micro.StepTimer(target, batch=cfg.batch)
+    steps = steps_cache[cfg.batch].measure([gamma])  # re-timed next to this point's own run
     drafter, dparams, _ = api.resolve_drafter(draft, target)
     d = micro.drafter_time(target, drafter, dparams, batch=cfg.batch, gamma=gamma, sampling=sampling,
                            target_step_s=steps["target_step_s"])

@@ -42,20 +42,36 @@ def _state(lm: LM, params, batch: int, size: int, context: int, gamma: int, voca
                           steps=jnp.zeros((), jnp.int32), stats=loop.SpecStats.zeros(batch, gamma))
 
 
+class StepTimer:
+    """Times the target's 1-token step and its (G+1)-token verify. The jitted forwards are built
+    once; `measure` re-times them, so every benchmark point gets figures taken next to its own run
+    (the machine is shared: a figure measured once at the start can be stale by the end)."""
+
+    def __init__(self, target, *, batch: int, size: int = 512, context: int = 256):
+        self.lm, self.params = LM.split(target.module)
+        self.batch, self.context = batch, context
+        lm = self.lm
+
+        @functools.partial(jax.jit, static_argnames=("T",))
+        def forward(params, cache, T):  # returns the cache too, as the decode loop does
+            tokens = jnp.ones((batch, T), jnp.int32)
+            positions = jnp.broadcast_to(context - 1 + jnp.arange(T), (batch, T))
+            return lm.apply(params, tokens, positions, cache)
+
+        self.forward = forward
+        self.cache = lm.init_cache(self.params, batch, size).rollback(jnp.full((batch,), context - 1))
+
+    def measure(self, gammas, repeats: int = 20) -> dict:
+        """-> {"target_step_s": t1, "verify_s": {G: t}, "v": {G: t / t1}}."""
+        t1 = _median_time(lambda: self.forward(self.params, self.cache, 1), repeats=repeats)
+        verify = {g: _median_time(lambda g=g: self.forward(self.params, self.cache, g + 1), repeats=repeats)
+                  for g in gammas}
+        return {"target_step_s": t1, "verify_s": verify, "v": {g: t / t1 for g, t in verify.items()}}
+
+
 def step_times(target, *, batch: int, gammas, size: int = 512, context: int = 256, repeats: int = 20) -> dict:
-    """-> {"target_step_s": t1, "verify_s": {G: t}, "v": {G: t / t1}}."""
-    lm, params = LM.split(target.module)
-
-    @functools.partial(jax.jit, static_argnames=("T",))
-    def forward(params, cache, T):
-        tokens = jnp.ones((batch, T), jnp.int32)
-        positions = jnp.broadcast_to(context - 1 + jnp.arange(T), (batch, T))
-        return lm.apply(params, tokens, positions, cache)[0]
-
-    cache = lm.init_cache(params, batch, size).rollback(jnp.full((batch,), context - 1))
-    t1 = _median_time(lambda: forward(params, cache, 1), repeats=repeats)
-    verify = {g: _median_time(lambda g=g: forward(params, cache, g + 1), repeats=repeats) for g in gammas}
-    return {"target_step_s": t1, "verify_s": verify, "v": {g: t / t1 for g, t in verify.items()}}
+    """One-off `StepTimer(...).measure(gammas)`."""
+    return StepTimer(target, batch=batch, size=size, context=context).measure(gammas, repeats)
 
 
 def drafter_time(target, drafter, draft_params, *, batch: int, gamma: int, sampling: SamplingConfig,
@@ -67,9 +83,8 @@ def drafter_time(target, drafter, draft_params, *, batch: int, gamma: int, sampl
     state = state.replace(draft=drafter.init(draft_params, params, batch, size))
 
     @jax.jit
-    def propose(draft_params, params, state):
-        tokens, q, _ = drafter.propose(draft_params, params, state, jax.random.key(1), gamma, sampling, None)
-        return tokens if q is None else (tokens, q)
+    def propose(draft_params, params, state):  # everything returned, so no draft work is dead code
+        return drafter.propose(draft_params, params, state, jax.random.key(1), gamma, sampling, None)
 
     t = _median_time(propose, draft_params, params, state, repeats=repeats)
     return {"propose_s": t, "c": t / (gamma * target_step_s)}

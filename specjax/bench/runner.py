@@ -65,6 +65,9 @@ def measure(target, prompts: Sequence, *, draft=None, gamma: int = 4, batch: int
     tps = [tok / sec for sec, tok in per_repeat]
     lat = [sec / tok * 1000 * batch for sec, tok in per_repeat]  # ms per token of one sequence
     out = {
+        "run_s": statistics.median(sec for sec, _ in per_repeat),  # all groups of one repeat
+        "tokens": per_repeat[0][1],
+        "groups": len(groups),
         "tokens_per_s": statistics.median(tps),
         "tokens_per_s_runs": tps,
         "latency_ms_per_token": statistics.median(lat),
