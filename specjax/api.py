@@ -57,19 +57,21 @@ class CompiledCache:
         self.compilations = 0
 
     def get(self, key, fn, *args, **static):
+        """`fn` (a jitted function) lowered and compiled for these arguments -> (executable, compile seconds)."""
+        return self.get_or_build(key, lambda: fn.lower(*args, **static).compile())
+
+    def get_or_build(self, key, build):
+        """The entry for `key`, built by `build()` (and timed) on a miss -> (entry, compile seconds)."""
         if key in self.table:
             self.table[key] = self.table.pop(key)  # most recently used goes last
             return self.table[key], 0.0
         started = time.perf_counter()
-        compiled = fn.lower(*args, **static).compile()
-        self.put(key, compiled)
-        return compiled, time.perf_counter() - started
-
-    def put(self, key, value) -> None:
-        self.table[key] = value
+        entry = build()
+        self.table[key] = entry
         self.compilations += 1
         while len(self.table) > self.capacity:
             self.table.pop(next(iter(self.table)))
+        return entry, time.perf_counter() - started
 
     def clear(self) -> None:
         self.table.clear()
@@ -278,16 +280,11 @@ class _Model:
 
 
 def _compiled_local(lm, params, drafter, draft_params, host_inputs, seed, size, static):
+    """`loop.generate_spec` compiled for this bucket (drafter None: the autoregressive loop)."""
     inputs = (*(jnp.asarray(x) for x in host_inputs), jax.random.key(seed))
-    shape = host_inputs[0].shape
-    if drafter is None:
-        static = dict(sampling_cfg=static["sampling_cfg"], decode=static["decode"], size=size)
-        compiled, compile_s = COMPILED.get(("ar", lm, *static.values(), shape), loop.generate_ar, lm, params,
-                                           *inputs, **static)
-        return (lambda: compiled(params, *inputs)), compile_s
     static = dict(static, size=size)
-    compiled, compile_s = COMPILED.get(("spec", lm, drafter, *static.values(), shape), loop.generate_spec, lm,
-                                       params, drafter, draft_params, *inputs, **static)
+    compiled, compile_s = COMPILED.get(("local", lm, drafter, *static.values(), host_inputs[0].shape),
+                                       loop.generate_spec, lm, params, drafter, draft_params, *inputs, **static)
     return (lambda: compiled(params, draft_params, *inputs)), compile_s
 
 
@@ -315,22 +312,19 @@ def _compiled_sharded(lm, params, drafter, draft_params, host_inputs, seed, size
     placed = shd.place((params, draft_params, *host_inputs, key), (p_sh, d_sh, *in_sh))
     cache_key = ("sharded", lm, drafter, gamma, sampling_cfg, decode, size, host_inputs[0].shape, mesh,
                  tuple(rules), tuple(draft_rules))
-    if cache_key not in COMPILED.table:
+
+    def build():
         state_shape = jax.eval_shape(start_fn, *placed)
         state_sh = shd.tree_shardings(state_shape, mesh, rules, plan)
         state_arg = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                  state_shape, state_sh)
-        started = time.perf_counter()
         start_c = jax.jit(start_fn, in_shardings=(p_sh, d_sh, *in_sh), out_shardings=state_sh).lower(
             *placed).compile()
         run_c = jax.jit(run_fn, in_shardings=(p_sh, d_sh, state_sh), out_shardings=state_sh,
                         donate_argnums=(2,)).lower(placed[0], placed[1], state_arg).compile()
-        COMPILED.put(cache_key, (start_c, run_c, plan))
-        compile_s = time.perf_counter() - started
-    else:
-        compile_s = 0.0
-        COMPILED.table[cache_key] = COMPILED.table.pop(cache_key)
-    start_c, run_c, plan = COMPILED.table[cache_key]
+        return start_c, run_c, plan
+
+    (start_c, run_c, _), compile_s = COMPILED.get_or_build(cache_key, build)
     return (lambda: run_c(placed[0], placed[1], start_c(*placed))), compile_s
 
 

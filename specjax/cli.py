@@ -85,8 +85,9 @@ def _cmd_bench(args) -> int:
     from specjax.bench.harness import BenchConfig, run
 
     cfg = BenchConfig.from_yaml(args.config)
-    out = run(cfg, args.out or f"benchmarks/{cfg.name}")
-    print(f"wrote {args.out or f'benchmarks/{cfg.name}'}/results.json, results.md and plots "
+    out_dir = args.out or f"benchmarks/{cfg.name}"
+    out = run(cfg, out_dir)
+    print(f"wrote {out_dir}/results.json, results.md and plots "
           f"({len(out['points'])} points, {out['wall_s'] / 60:.1f} min)")
     return 0
 

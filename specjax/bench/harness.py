@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import yaml
 from tqdm.auto import tqdm
 
@@ -106,8 +107,7 @@ def run(cfg: BenchConfig, out_dir: str | os.PathLike) -> dict:
     results: dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
         "machine": {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
-                    "jax_backend": __import__("jax").default_backend(),
-                    "devices": [str(d) for d in __import__("jax").devices()]},
+                    "jax_backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]},
         "points": [], "peers": [], "batch_sweep": [],
     }
     total = len(suites) * len(samplings) * (1 + len(cfg.drafters) * len(cfg.gammas))
@@ -142,7 +142,7 @@ def run(cfg: BenchConfig, out_dir: str | os.PathLike) -> dict:
                     bar.update()
     bar.close()
     if cfg.peers.get("transformers"):
-        results["peers"] = _peers(cfg, target, suites)
+        results["peers"] = _peers(cfg, target, suites, drafts)
     if cfg.batch_sweep:
         results["batch_sweep"] = _batch_sweep(cfg, target, drafts)
     results["wall_s"] = time.perf_counter() - started
@@ -196,7 +196,7 @@ def _add_formulas(point, target, draft, spec, gamma, sampling, cfg, steps_cache)
         point["predicted_speedup"] = metrics.predicted_speedup(min(max(a, 0.0), 1.0), gamma, d["c"], steps["v"][gamma])
 
 
-def _peers(cfg: BenchConfig, target, suites) -> list[dict]:
+def _peers(cfg: BenchConfig, target, suites, drafts: dict) -> list[dict]:
     """transformers on the same model, prompts (token ids) and lengths, at batch 1."""
     import torch
 
@@ -229,7 +229,7 @@ def _peers(cfg: BenchConfig, target, suites) -> list[dict]:
         ours = measure(target, ids, max_new_tokens=n, repeats=repeats, eos_ids=())
         rows.append(dict(ours, suite=suite, peer="specjax autoregressive", kind="autoregressive", gamma=0))
         for spec in [d for d in cfg.drafters if d.startswith("ngram")][:1] + assistants:
-            draft = make_draft(spec, target, {})
+            draft = make_draft(spec, target, drafts)
             r = measure(target, ids, draft=draft, gamma=gamma, sampling=greedy, max_new_tokens=n, repeats=repeats,
                         eos_ids=())
             rows.append(dict(r, suite=suite, peer=f"specjax {spec} (G={gamma})",
@@ -257,15 +257,3 @@ def _batch_sweep(cfg: BenchConfig, target, drafts) -> list[dict]:
                      "mean_tokens_per_round": sp.get("mean_tokens_per_round")})
     return rows
 
-
-def main(argv=None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="specjax bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config")
-    p.add_argument("--out", default=None, help="output directory (default: benchmarks/<config name>)")
-    args = p.parse_args(argv)
-    cfg = BenchConfig.from_yaml(args.config)
-    run(cfg, args.out or Path("benchmarks") / cfg.name)
-    return 0

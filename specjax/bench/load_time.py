@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -47,7 +48,7 @@ def main(argv=None) -> dict:
         path.parent, gguf_file=path.name, dtype=torch.float32))
     result = {
         "model": args.model, "file": path.name, "repeats": args.repeats,
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "specjax_gguf_load_convert_s": specjax_s, "specjax_converted_reload_s": reload_s,
         "transformers_gguf_load_s": hf_s,
         "runs": {"specjax": specjax_runs, "specjax_reload": reload_runs, "transformers": hf_runs},

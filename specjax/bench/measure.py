@@ -69,11 +69,6 @@ class StepTimer:
         return {"target_step_s": t1, "verify_s": verify, "v": {g: t / t1 for g, t in verify.items()}}
 
 
-def step_times(target, *, batch: int, gammas, size: int = 512, context: int = 256, repeats: int = 20) -> dict:
-    """One-off `StepTimer(...).measure(gammas)`."""
-    return StepTimer(target, batch=batch, size=size, context=context).measure(gammas, repeats)
-
-
 def drafter_time(target, drafter, draft_params, *, batch: int, gamma: int, sampling: SamplingConfig,
                  target_step_s: float, size: int = 512, context: int = 256, repeats: int = 20) -> dict:
     """-> {"propose_s": t, "c": t / (G * target step)} for one drafter and G."""

@@ -14,21 +14,16 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from pathlib import Path
 
 
 def load_hf(path, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = str(path)
-    if path.endswith(".gguf"):
-        from pathlib import Path
-
-        p = Path(path)
-        model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=getattr(torch, dtype))
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    return model.eval()
+    path = Path(path)
+    where, extra = (path.parent, {"gguf_file": path.name}) if path.suffix == ".gguf" else (path, {})
+    return AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, dtype), **extra).eval()
 
 
 def truncated_copy(model, layers: int):

@@ -110,7 +110,7 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
             if not ps:
                 continue
             best = max(ps, key=lambda p: p["gamma"])
-            pos = [v for v in best["acceptance_by_position"]]
+            pos = best["acceptance_by_position"]
             ax.plot(range(1, len(pos) + 1), [v if v is not None else float("nan") for v in pos], marker="o",
                     label=f"{drafter} ({best['suite']}, {best['sampling']})")
         ax.set_xlabel("draft position")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 
 from specjax.bench.runner import measure
@@ -42,7 +43,7 @@ def main(argv=None) -> dict:
     for g in args.gammas:
         rows[f"draft {args.draft_layers} layers, G={g}"] = measure(target, CHAT_PROMPTS, draft=draft, gamma=g, **common)
     base = rows["autoregressive"]["tokens_per_s"]
-    result = {"target": args.target, "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+    result = {"target": args.target, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "settings": vars(args), "rows": rows}
     print(json.dumps(result, indent=1))
     print("\n| decoder | tokens/s | speedup | acceptance | tokens/round | compile s |")
