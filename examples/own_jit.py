@@ -1,8 +1,9 @@
 """Calling specjax's pure functions from your own `jax.jit`.
 
-One speculation round written by hand from the library's pieces (drafter.propose, loop.verify,
-rejection.accept_greedy, loop.commit) and jitted as part of the user's own function; the result is
-checked against `specjax.generate`. Runs in seconds on a tiny random model.
+One speculation round written by hand from the library's four steps (`loop.draft`, `loop.verify`,
+`loop.accept`, which calls `rejection.accept`, and `loop.commit_round`) and jitted as part of the
+user's own function; the result is checked against `specjax.generate`. Runs in seconds on a tiny
+random model.
 
     python examples/own_jit.py
 """
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import specjax
-from specjax import loop, rejection, sampling
+from specjax import loop
 from specjax.config import DecodeConfig, SamplingConfig
 from specjax.drafters import NGramDrafter
 from specjax.lm import LM
@@ -22,28 +23,23 @@ cfg = TransformerConfig(family="llama", vocab_size=64, dim=32, mlp_dim=64, num_l
                         num_kv_heads=2, head_dim=8, rope=RopeConfig(theta=10000.0), tie_embeddings=False)
 module = Transformer(cfg, rngs=nnx.Rngs(0))
 lm, params = LM.split(module)  # split once; merged inside the jit
-drafter = NGramDrafter(nmax=2)
-decode = DecodeConfig(max_new_tokens=24)
-greedy = SamplingConfig()
-G, SIZE = 4, 64
+decoder = loop.Decoder(lm=lm, drafter=NGramDrafter(nmax=2), gamma=4, sampling=SamplingConfig(),
+                       decode=DecodeConfig(max_new_tokens=24), size=64)
 
 
 @jax.jit
 def my_generate(params, prompt_bp, lengths_b):
     B = prompt_bp.shape[0]
-    state = loop.decode_start(lm, params, drafter, None, prompt_bp, lengths_b, jnp.ones((B,), bool),
-                              jax.random.key(0), gamma=G, sampling_cfg=greedy, decode=decode, size=SIZE)
+    state = decoder.start(params, None, prompt_bp, lengths_b, jnp.ones((B,), bool), jax.random.key(0))
 
     def one_round(state):  # the library's spec_round, spelled out
-        draft_bg, _, state = drafter.propose(None, params, state, state.key, G, greedy, None)
-        logits_bgv, cache = loop.verify(lm, params, state, draft_bg, may_abstain=True)
-        n_b, next_b = rejection.accept_greedy(draft_bg, sampling.greedy(logits_bgv))
-        block_bg1 = jnp.where(jnp.arange(G + 1) < n_b[:, None],
-                              jnp.pad(draft_bg, ((0, 0), (0, 1))), next_b[:, None])
-        state, _ = loop.commit(state, block_bg1, n_b + 1, decode, headroom=G + 1)
-        return state.replace(cache=cache.rollback(state.lengths - 1))
+        key, k_draft, k_accept = jax.random.split(state.key, 3)
+        proposal, state = loop.draft(decoder, params, None, state.replace(key=key), k_draft)
+        verified, cache = loop.verify(decoder, params, state, proposal)
+        verdict = loop.accept(decoder, k_accept, proposal, verified)
+        return loop.commit_round(decoder, params, None, state, verified, verdict, cache)
 
-    state = jax.lax.while_loop(lambda s: ~jnp.all(s.done), one_round, state)
+    state = jax.lax.while_loop(loop.not_finished, one_round, state)
     return state.tokens, state.lengths
 
 

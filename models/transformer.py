@@ -11,8 +11,10 @@ sliding-window layers. Layers are stored stacked (every block parameter has a le
 run under one `lax.scan`, so compile time does not grow with depth and any subset of the layers can
 run on its own (the layer-skip drafter) without copying weights.
 
-The forward pass is the contract of DESIGN.md: `tokens[B,T], positions[B,T], cache -> logits[B,T,V],
-cache`. A position < 0 marks padding: it writes nothing to the cache and its logits are garbage.
+The forward pass is the language-model contract of `specjax.lm`: `hidden(tokens[B,T], positions[B,T],
+cache, layers=, taps=) -> (hidden[B,T,D], cache, taps[n,B,T,D])`, then `logits(hidden)`; calling the
+module gives `(logits[B,T,V], cache)`. A position < 0 marks padding: it writes nothing to the cache
+and its outputs are garbage.
 """
 
 from __future__ import annotations
@@ -311,12 +313,17 @@ class Transformer(nnx.Module):
         nnx.replace_by_pure_dict(abstract, pure)
         return nnx.merge(graphdef, abstract)
 
-    def hidden(self, tokens_bt, positions_bt, cache: KVCache, *, layers: int | tuple[int, ...] | None = None):
-        """Run blocks and the final norm: -> hidden [B,T,D], cache.
+    def hidden(self, tokens_bt, positions_bt, cache: KVCache, *, layers: int | tuple[int, ...] | None = None,
+               taps: tuple[int, ...] = ()):
+        """Run blocks and the final norm: -> (hidden [B,T,D], cache, taps [n_taps,B,T,D]).
 
         layers: None for all blocks, an int k for the first k, or a tuple of block indices (a
         layer-skip draft). Block j uses cache layer j when the cache has every layer, else cache
-        layer i for the i-th block run (a cache sized for the subset)."""
+        layer i for the i-th block run (a cache sized for the subset).
+        taps: block indices whose *input* (the residual stream before the block) is also returned,
+        in the order given; the index after the last block run (L for a full run) is that block's
+        output before the final norm.
+        With no taps the third result is an empty [0,B,T,D] array and nothing extra is computed."""
         cfg = self.config
         x_btd = jnp.take(self.embed.value, tokens_bt, axis=0)
         if cfg.embed_scale is not None:
@@ -340,10 +347,22 @@ class Transformer(nnx.Module):
         if own_cache and cache.k.shape[0] != len(layer_ids):
             raise ValueError(f"cache has {cache.k.shape[0]} layers; running {len(layer_ids)} of {cfg.num_layers}")
         cache_ids = tuple(range(len(layer_ids))) if own_cache else layer_ids
+        taps = tuple(int(t) for t in taps)
+        # a tap is the input of a block that runs, or the output of the last block that runs (its index + 1)
+        after = layer_ids[-1] + 1
+        missing = [t for t in taps if t not in layer_ids and t != after]
+        if missing or len(set(taps)) != len(taps):
+            raise ValueError(f"taps {list(taps)} must be distinct inputs of the blocks that run ({layer_ids}) "
+                             f"or {after}, the output of the last one; not {missing}")
+        n_taps = len(taps)
+        B, T = tokens_bt.shape
+        taps_nbtd = jnp.zeros((n_taps, B, T, cfg.dim), x_btd.dtype)
 
         def step(carry, ids):
-            x_btd, cache = carry
-            layer, cache_layer = ids
+            x_btd, cache, taps_nbtd = carry
+            layer, cache_layer, slot = ids
+            if n_taps:  # store this block's input at its tap slot (slot == n_taps: dropped)
+                taps_nbtd = taps_nbtd.at[slot].set(x_btd, mode="drop")
             block = nnx.merge(block_def, jax.tree.map(lambda a: a[layer], block_state))
             local = is_local_l[layer]
             mask_bts = jnp.where(local, local_bts, global_bts) if cfg.has_local_layers else global_bts
@@ -354,11 +373,14 @@ class Transformer(nnx.Module):
                 else:
                     rope_cs = jax.tree.map(lambda g, l: jnp.where(local, l, g), rope_global, rope_local)
             x_btd, cache = block(x_btd, rope_cs, mask_bts, positions_bt, cache, cache_layer, cfg)
-            return (x_btd, cache), None
+            return (x_btd, cache, taps_nbtd), None
 
-        xs = (jnp.asarray(layer_ids, jnp.int32), jnp.asarray(cache_ids, jnp.int32))
-        (x_btd, cache), _ = jax.lax.scan(step, (x_btd, cache), xs)
-        return self.final_norm(x_btd), cache
+        slots = tuple(taps.index(j) if j in taps else n_taps for j in layer_ids)
+        xs = (jnp.asarray(layer_ids, jnp.int32), jnp.asarray(cache_ids, jnp.int32), jnp.asarray(slots, jnp.int32))
+        (x_btd, cache, taps_nbtd), _ = jax.lax.scan(step, (x_btd, cache, taps_nbtd), xs)
+        if after in taps:
+            taps_nbtd = taps_nbtd.at[taps.index(after)].set(x_btd)
+        return self.final_norm(x_btd), cache, taps_nbtd
 
     def logits(self, hidden_btd):
         """Project hidden states to float32 logits [B,T,V]."""
@@ -373,5 +395,5 @@ class Transformer(nnx.Module):
         return logits_btv
 
     def __call__(self, tokens_bt, positions_bt, cache: KVCache, *, layers: int | tuple[int, ...] | None = None):
-        hidden_btd, cache = self.hidden(tokens_bt, positions_bt, cache, layers=layers)
+        hidden_btd, cache, _ = self.hidden(tokens_bt, positions_bt, cache, layers=layers)
         return self.logits(hidden_btd), cache

@@ -2,11 +2,12 @@
 
 Axes: L layers, B batch, S cache slots, K kv heads, H head dim, T tokens in one call.
 
-Slot ``s`` of row ``b`` holds the key/value of the token at position ``s`` of that row. A model call
-writes its ``T`` new entries at the slots given by their positions, so rows of a batch advance
-independently. ``lengths[b]`` counts the slots of row ``b`` that hold committed tokens; rejecting
-draft tokens only lowers ``lengths``. The stale slots above it are never read, because attention
-only looks at slots ``<= position`` of the query, and they are overwritten by the next write.
+Slot ``s`` of row ``b`` holds the key/value of the token at position ``s`` of that row (slots equal
+positions; tree verification will separate them). A model call writes its ``T`` new entries at the
+slots given by their positions, so rows of a batch advance independently. The cache does not know
+which slots are committed: the decode state's ``lengths`` does. Entries of rejected draft tokens
+stay in their slots and are harmless, because attention only reads slots ``<= position`` of the
+query, and the next write at those positions overwrites them.
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ from flax import struct
 class KVCache:
     k: jax.Array  # [L, B, S, K, H]
     v: jax.Array  # [L, B, S, K, H]
-    lengths: jax.Array  # [B] int32, committed slots per row
+
+    # logical axis names of k and v, for sharding (see specjax.sharding)
+    AXES = ("layers", "batch", "seq", "kv_heads", "head_dim")
 
     @classmethod
     def zeros(
         cls, *, layers: int, batch: int, size: int, kv_heads: int, head_dim: int, dtype=jnp.float32
     ) -> "KVCache":
         shape = (layers, batch, size, kv_heads, head_dim)
-        return cls(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
-            lengths=jnp.zeros((batch,), jnp.int32),
-        )
+        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+
+    def logical_axes(self) -> "KVCache":
+        """The same pytree with each leaf replaced by its logical axis names."""
+        return KVCache(k=self.AXES, v=self.AXES)
 
     @property
     def size(self) -> int:
@@ -44,7 +47,7 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes + self.lengths.nbytes
+        return self.k.nbytes + self.v.nbytes
 
     def write(self, layer, k_btkh: jax.Array, v_btkh: jax.Array, positions_bt: jax.Array) -> "KVCache":
         """Store new keys/values of ``layer`` at slot = position; positions < 0 or >= S are dropped."""
@@ -54,7 +57,3 @@ class KVCache:
         k = self.k.at[layer, rows_bt, slots_bt].set(k_btkh.astype(self.k.dtype), mode="drop")
         v = self.v.at[layer, rows_bt, slots_bt].set(v_btkh.astype(self.v.dtype), mode="drop")
         return self.replace(k=k, v=v)
-
-    def rollback(self, lengths_b: jax.Array) -> "KVCache":
-        """Keep only the first ``lengths_b[b]`` slots of each row; nothing is copied."""
-        return self.replace(lengths=lengths_b.astype(jnp.int32))

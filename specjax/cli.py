@@ -21,19 +21,17 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_generate(args) -> int:
-    from specjax import api
     from specjax.config import SamplingConfig
+    from specjax.drafters import registry
     from specjax.models import load
+    from specjax.sampler import Sampler
 
     sampling = SamplingConfig.make(args.temperature, args.top_k, args.top_p)
+    drafter = args.drafter or (f"model:{args.draft}" if args.draft else None)
+    if drafter is not None:
+        drafter = registry.parse(drafter)  # a bad drafter string fails before any model is loaded
     start = time.perf_counter()
     target = load(args.target, dtype=args.dtype, progress=not args.json)
-    drafter = args.drafter or (f"model:{args.draft}" if args.draft else None)
-    if drafter and drafter.startswith("model:"):
-        draft = load(drafter[len("model:"):], dtype=args.dtype, progress=not args.json)
-    else:
-        draft = drafter
-    load_s = time.perf_counter() - start
     prompts = args.prompt or [sys.stdin.read()]
     mesh = None
     if args.mesh:
@@ -41,8 +39,10 @@ def _cmd_generate(args) -> int:
 
         data, model = _parse_mesh(args.mesh)
         mesh = make_mesh(data, model)
-    result = api.generate(target, prompts, draft=draft, gamma=args.gamma, sampling=sampling,
-                          max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat, mesh=mesh)
+    sampler = Sampler(target, drafter, gamma=args.gamma, mesh=mesh,
+                      load_model=lambda name: load(name, dtype=args.dtype, progress=not args.json))
+    load_s = time.perf_counter() - start
+    result = sampler(prompts, sampling=sampling, max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat)
     result.timing["load_s"] = load_s
     if args.json:
         print(result.to_json())

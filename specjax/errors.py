@@ -68,3 +68,7 @@ class CorruptFileError(ConversionError):
 
 class ModelNotFoundError(SpecJaxError, LookupError):
     """A model name or path resolves to nothing."""
+
+
+class IncompatibleDraftError(ConfigError):
+    """A draft model whose vocabulary does not match the target's."""

@@ -1,12 +1,29 @@
 """The language-model contract the engine programs against, and its pure-function form.
 
-A model is any Flax NNX module with
-    hidden(tokens[B,T], positions[B,T], cache, *, layers=None) -> (hidden[B,T,D], cache)
-    logits(hidden[B,T,D]) -> logits[B,T,V]  (float32)
-    init_cache(batch, size) -> KVCache
-    config.vocab_size, config.num_layers
-(`specjax.models.Transformer` is one). The engine never imports model code: it splits the module
-once into a static graph definition and a params pytree, and merges them inside its jit.
+Axes: B batch, T tokens in this call, S cache slots, D model width, V vocabulary, n taps.
+
+What the engine relies on: a Flax NNX module (`specjax.models.Transformer` is one) with
+
+    hidden(tokens[B,T] int32, positions[B,T] int32, cache, *, layers=None, taps=())
+        -> (hidden[B,T,D] after the final norm, cache, taps[n,B,T,D])
+    logits(hidden[B,T,D]) -> logits[B,T,V] float32
+    init_cache(batch, size, *, layers=None) -> KVCache   (every layer, or a cache for `layers` blocks)
+    config.vocab_size (V, embedding rows; may exceed the tokenizer's vocabulary)
+    config.num_layers (L)
+    config.dim (D)
+
+and these behaviours:
+  - positions[b, t] < 0 marks padding: nothing is written to the cache for it and its outputs are
+    unspecified; a position p >= 0 writes the cache slot p of row b and attends to slots <= p;
+  - `layers` (None, an int k for the first k blocks, or a tuple of block indices) runs only those
+    blocks, then the final norm (layer-skip drafts run on the target's weights this way);
+  - `taps` (block indices in [0, L]) asks for the input of those blocks (index L: the last block's
+    output before the final norm), in the order given; with no taps nothing extra is computed. A
+    tap must be the input of a block that runs, or the index after the last block that runs.
+
+`LM` splits the module once into a static graph definition (hashable, a jit static argument) and
+a params pytree, and merges them inside the jit. Its `forward` is the pure function every pass of
+the decode loop uses: prefill, one-token decode and the (G+1)-token verification.
 """
 
 from __future__ import annotations
@@ -26,7 +43,7 @@ class LM:
     """The static half of a model (hashable: a jit static argument); params travel separately."""
 
     graphdef: Any
-    config: Any  # the module's static config (vocab_size, num_layers, ...)
+    config: Any  # the module's static config (vocab_size, num_layers, dim, ...)
 
     @classmethod
     def split(cls, module) -> tuple["LM", Any]:
@@ -36,21 +53,24 @@ class LM:
     def module(self, params):
         return nnx.merge(self.graphdef, params)
 
-    def apply(self, params, tokens_bt, positions_bt, cache: KVCache, *, layers: int | None = None):
-        """The pure forward of DESIGN.md: -> (logits [B,T,V] float32, cache)."""
-        return self.module(params)(tokens_bt, positions_bt, cache, layers=layers)
-
-    def apply_at(self, params, tokens_bt, positions_bt, cache: KVCache, index_b, *, layers: int | None = None):
-        """Forward, but project only position `index_b[b]` of each row: -> (logits [B,V], cache).
-
-        Saves the [B,T,V] logits of a long prefill (V is 262,144 for Gemma 3)."""
+    def forward(self, params, tokens_bt, positions_bt, cache: KVCache, *, taps: tuple[int, ...] = (),
+                layers=None):
+        """-> (logits [B,T,V] float32, cache, taps [n,B,T,D])."""
         module = self.module(params)
-        hidden_btd, cache = module.hidden(tokens_bt, positions_bt, cache, layers=layers)
-        picked_bd = jnp.take_along_axis(hidden_btd, index_b[:, None, None], axis=1)
-        return module.logits(picked_bd)[:, 0], cache
+        hidden_btd, cache, taps_nbtd = module.hidden(tokens_bt, positions_bt, cache, layers=layers, taps=taps)
+        return module.logits(hidden_btd), cache, taps_nbtd
 
-    def init_cache(self, params, batch: int, size: int) -> KVCache:
-        return self.module(params).init_cache(batch, size)
+    def forward_at(self, params, tokens_bt, positions_bt, cache: KVCache, index_b, *, taps: tuple[int, ...] = (),
+                   layers=None):
+        """`forward`, but project only position `index_b[b]` of each row to logits:
+        -> (logits [B,V], cache, taps [n,B,T,D]). Saves the [B,T,V] logits of a long prefill."""
+        module = self.module(params)
+        hidden_btd, cache, taps_nbtd = module.hidden(tokens_bt, positions_bt, cache, layers=layers, taps=taps)
+        picked_b1d = jnp.take_along_axis(hidden_btd, index_b[:, None, None], axis=1)
+        return module.logits(picked_b1d)[:, 0], cache, taps_nbtd
+
+    def init_cache(self, params, batch: int, size: int, *, layers: int | None = None) -> KVCache:
+        return self.module(params).init_cache(batch, size, layers=layers)
 
 
 def param_bytes(params) -> int:

@@ -1,4 +1,5 @@
-"""The acceptance rule of speculative decoding (Leviathan et al. 2023, Algorithm 1; Chen et al. 2023).
+"""The acceptance rule of speculative decoding (Leviathan et al. 2023, Algorithm 1; Chen et al. 2023),
+and only it: every acceptance decision of specjax is made here, through `accept`.
 
 Axes: B batch, G proposals per round, V vocabulary.
 
@@ -22,6 +23,54 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import struct
+
+from specjax import sampling as sampling_lib
+from specjax.config import SamplingConfig
+
+
+@struct.dataclass
+class Proposal:
+    """What a drafter proposes in one round."""
+
+    tokens: jax.Array  # [B,G] int32; -1 = no proposal (then -1 for the rest of the row)
+    q: jax.Array | None = None  # [B,G,V] the distributions they were drawn from; None = point masses
+
+
+@struct.dataclass
+class Verdict:
+    """What the rule decided for one round."""
+
+    accepted: jax.Array  # [B] int32, n: proposals accepted (a prefix)
+    tokens: jax.Array  # [B,G+1] the emitted block: proposals 0..n-1, then the next token at n (and after)
+    proposed: jax.Array  # [B,G] bool, which proposals existed
+
+    @property
+    def count(self) -> jax.Array:
+        """Tokens offered to the buffer per row [B]: the n accepted proposals and the next token."""
+        return self.accepted + 1
+
+
+def verdict(proposal: Proposal, n_b: jax.Array, next_b: jax.Array) -> Verdict:
+    """The block [B,G+1] that a rule emits: the accepted prefix of the proposals, then `next_b`."""
+    draft_bg = proposal.tokens
+    G = draft_bg.shape[1]
+    padded_bg1 = jnp.concatenate([draft_bg, jnp.zeros_like(draft_bg[:, :1])], axis=1)
+    block_bg1 = jnp.where(jnp.arange(G + 1) < n_b[:, None], padded_bg1, next_b[:, None])
+    return Verdict(accepted=n_b.astype(jnp.int32), tokens=block_bg1.astype(jnp.int32), proposed=draft_bg >= 0)
+
+
+def accept(key: jax.Array, proposal: Proposal, target_logits_bg1v: jax.Array, sampling: SamplingConfig,
+           vocab_size: int | None = None) -> Verdict:
+    """Decide one round: the target's logits at the G+1 verified positions [B,G+1,V] are warped here,
+    exactly as the drafter warped its own (temperature, top-k, top-p; ids >= vocab_size masked), and
+    the greedy or the sampled rule is applied. The guarantee is for that warped target."""
+    if sampling.greedy:
+        n_b, next_b = accept_greedy(proposal.tokens, sampling_lib.greedy(target_logits_bg1v, vocab_size))
+    else:
+        p_bg1v = sampling_lib.warp(target_logits_bg1v, sampling, vocab_size)
+        n_b, next_b = accept_sampled(key, proposal.tokens, proposal.q, p_bg1v)
+    return verdict(proposal, n_b, next_b)
 
 
 def _leading_true(ok_bg: jax.Array) -> jax.Array:
@@ -80,14 +129,4 @@ def accept_given_uniforms(u_bg: jax.Array, key_next: jax.Array, draft_bg: jax.Ar
         q_n_bv = jnp.take_along_axis(q_bgv, at_b[:, None, None], axis=1)[:, 0]
     dist_bv = jnp.where((n_b == G)[:, None], p_n_bv, residual(p_n_bv, q_n_bv))
     next_b = jax.random.categorical(key_next, jnp.log(dist_bv), axis=-1).astype(jnp.int32)
-    return n_b, next_b
-
-
-def accept_always(key, draft_bg, q_bgv, p_bg1v):
-    """A deliberately wrong rule (accept every proposal made, then sample the next token from p).
-
-    Kept only so the distribution test can show that it detects an inexact rule."""
-    n_b = _leading_true(draft_bg >= 0)
-    p_n_bv = jnp.take_along_axis(p_bg1v, n_b[:, None, None], axis=1)[:, 0]
-    next_b = jax.random.categorical(key, jnp.log(p_n_bv), axis=-1).astype(jnp.int32)
     return n_b, next_b

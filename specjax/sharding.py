@@ -5,7 +5,8 @@ Mesh axes: `data` (batch rows) and `model` (attention heads, MLP width, vocabula
 Logical axes, as the model zoo annotates its parameters (`nnx.Param(..., axes=(...))`), plus the
 leading `layers` axis of stacked blocks:
   vocab, embed, q_heads, kv_heads, head_dim, mlp, norm, positions, layers
-and for caches and decode state:
+and for caches and decode state, as their types declare them (`logical_axes()` of `KVCache`,
+`SpecState`, `SpecStats`):
   batch, seq (cache slots / token buffer), plus kv_heads, head_dim, layers.
 
 `DEFAULT_RULES` maps them to mesh axes. A rules table that sends two logical axes of one array to
@@ -48,8 +49,6 @@ DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
     ("positions", None),
 )
 REPLICATED_RULES = tuple((name, "data" if name == "batch" else None) for name, _ in DEFAULT_RULES)
-
-CACHE_AXES = ("layers", "batch", "seq", "kv_heads", "head_dim")
 
 
 class ShardingRuleError(ConfigError):
@@ -114,27 +113,48 @@ def param_shardings(params, mesh: Mesh, rules=DEFAULT_RULES, plan: Plan | None =
     return nnx.from_flat_state(specs)
 
 
+def logical_axes(tree):
+    """The logical axis names of every array in a decode-state pytree, as a pytree of `Axes`.
+
+    Types declare their own: any node with a `logical_axes()` method (the decode state, its
+    statistics, KV caches) returns a copy of itself whose array fields are replaced by tuples of
+    axis names, and whose other fields (child structures) are left for their own declarations.
+    Arrays that no type declares (e.g. inside a custom drafter's state) are replicated."""
+
+    def declared_or_child(x, root):
+        return x is not root and (_is_names(x) or hasattr(x, "logical_axes"))
+
+    if hasattr(tree, "logical_axes"):
+        declared = tree.logical_axes()
+        return jax.tree.map(lambda x: Axes(x) if _is_names(x) else logical_axes(x), declared,
+                            is_leaf=lambda x: declared_or_child(x, declared))
+    return jax.tree.map(lambda x: logical_axes(x) if hasattr(x, "logical_axes") else Axes((None,) * np.ndim(x)),
+                        tree, is_leaf=lambda x: x is not tree and hasattr(x, "logical_axes"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Axes:
+    """Logical axis names of one array (a pytree leaf, unlike a tuple)."""
+
+    names: tuple
+
+
+def _is_names(x) -> bool:
+    return isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
+
+
 def tree_shardings(tree, mesh: Mesh, rules=DEFAULT_RULES, plan: Plan | None = None):
-    """NamedShardings for a decode state (or any pytree of arrays) by field names:
-    caches (k, v: layers, batch, seq, kv_heads, head_dim), token buffers (batch, seq), per-row
-    vectors and statistics (batch, ...); scalars and keys are replicated."""
+    """NamedShardings for a decode state (arrays or ShapeDtypeStructs) from its declared logical axes."""
+    axes = logical_axes(tree)
 
-    def one(path, leaf):
-        names = [getattr(p, "name", getattr(p, "key", str(p))) for p in path]
-        name = ".".join(str(n) for n in names)
-        shape = getattr(leaf, "shape", ())
-        last = str(names[-1]) if names else ""
-        if last in ("k", "v") and len(shape) == 5:
-            logical = CACHE_AXES
-        elif last == "tokens" and len(shape) == 2:
-            logical = ("batch", "seq")
-        elif len(shape) == 0 or last == "key":
-            logical = (None,) * len(shape)
-        else:
-            logical = ("batch",) + (None,) * (len(shape) - 1)
-        return NamedSharding(mesh, spec_for(name, logical, shape, mesh, rules, plan))
+    def one(path, leaf, ax):
+        name = jax.tree_util.keystr(path)
+        shape = tuple(getattr(leaf, "shape", ()))
+        if len(ax.names) != len(shape):
+            raise ShardingRuleError(f"{name} has shape {shape} but declares logical axes {ax.names}")
+        return NamedSharding(mesh, spec_for(name, ax.names, shape, mesh, rules, plan))
 
-    return jax.tree_util.tree_map_with_path(one, tree)
+    return jax.tree_util.tree_map_with_path(one, tree, axes)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -24,9 +24,9 @@ def _release_compiled_programs():
     """Drop compiled programs after each test module: every CPU executable holds memory mappings,
     and one process running the whole suite would otherwise approach the kernel's map limit."""
     yield
-    from specjax import api
+    from specjax import sampler
 
-    api.COMPILED.clear()
+    sampler.COMPILED.clear()
     jax.clear_caches()
 
 

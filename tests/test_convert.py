@@ -1,15 +1,16 @@
-"""Conversion sources (HF dir, sharded, .bin, bf16, state dict), save/load, and typed errors."""
+"""Conversion sources (HF dir, sharded, .bin, bf16, state dict, GGUF), save/load, and typed errors."""
 
 from __future__ import annotations
 
 import json
 import pickle
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_hf
+from conftest import TINY_VOCAB, make_tiny_hf
 
 from specjax.errors import (
     CorruptFileError,
@@ -19,8 +20,9 @@ from specjax.errors import (
     UnknownArchitectureError,
     WeightShapeError,
 )
-from specjax.models import load, load_converted, save
+from specjax.models import Tokenizer, load, load_converted, save
 from specjax.models.convert import iter_params
+from specjax.models.sources import Checkpoint, open_checkpoint
 
 
 def _params(model) -> dict:
@@ -71,6 +73,67 @@ def test_bf16_safetensors_read_without_torch_path(tiny, tmp_path):
     got = load(tmp_path / "bf16", progress=False)
     want = load(hf16, progress=False)  # state dict path: torch bf16 -> float32
     _assert_same_params(got, want)
+
+
+def test_every_source_is_a_checkpoint_with_the_same_tensors(hf_dir, tmp_path):
+    """One model written as safetensors, pytorch_model.bin, a state dict and GGUF: each reader
+    satisfies `Checkpoint`, gives identical keys, shapes and tensors, and its own tokenizer."""
+    from ggml_reference import write_gguf
+    from safetensors.numpy import load_file
+
+    state = load_file(hf_dir / "model.safetensors")
+    config = json.loads((hf_dir / "config.json").read_text())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, bin_dir / "pytorch_model.bin")
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(hf_dir / name, bin_dir / name)
+    gguf_path = tmp_path / "tiny.gguf"
+    write_gguf(gguf_path, "llama", config, state, vocab=TINY_VOCAB)
+    sources = {"hf_dir": hf_dir, "torch_bin": bin_dir, "state_dict": (state, config), "gguf": gguf_path}
+
+    hf_tokenizer = Tokenizer.from_hf_dir(hf_dir)
+    text = "hello world, the lazy dog"
+    for reader, source in sources.items():
+        ckpt = open_checkpoint(source)
+        assert type(ckpt).__module__ == f"specjax.models.sources.{reader}"
+        assert isinstance(ckpt, Checkpoint), reader
+        assert isinstance(ckpt.origin, str) and ckpt.config["model_type"] == "llama", reader
+        assert sorted(ckpt.keys()) == sorted(state), reader
+        for key, want in state.items():
+            got = np.asarray(ckpt.tensor(key), np.float32)
+            assert ckpt.shape(key) == got.shape == want.shape, (reader, key)
+            np.testing.assert_array_equal(got, want, err_msg=f"{reader}: {key}")
+        tokenizer = ckpt.tokenizer()
+        if reader == "state_dict":
+            assert tokenizer is None
+        elif reader == "gguf":  # the vocabulary write_gguf stores: <t0>, <t1>, ...
+            assert tokenizer.vocab_size == TINY_VOCAB and tokenizer.token(7) == "<t7>"
+        else:
+            assert tokenizer.encode(text) == hf_tokenizer.encode(text) != [], reader
+            assert tokenizer.eos_ids == hf_tokenizer.eos_ids, reader
+
+    # `load` hands on whatever tokenizer the checkpoint carries
+    assert load(bin_dir, progress=False).tokenizer.encode(text) == hf_tokenizer.encode(text)
+    assert load((state, config), progress=False).tokenizer is None
+
+
+def test_checkpoint_protocol_requires_every_member():
+    class NoTokenizer:
+        config, origin = {}, "x"
+
+        def keys(self):
+            return []
+
+        def shape(self, key):
+            return ()
+
+        def tensor(self, key):
+            return np.zeros(())
+
+    assert not isinstance(NoTokenizer(), Checkpoint)
+    NoTokenizer.tokenizer = lambda self: None
+    assert isinstance(NoTokenizer(), Checkpoint)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

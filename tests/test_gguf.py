@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType as Q
 
 from specjax.errors import CorruptFileError, UnsupportedGGUFTypeError
 from specjax.models import load
-from specjax.models.gguf import GGUFCheckpoint, unpermute_qk
+from specjax.models.sources.gguf import GGUFCheckpoint, unpermute_qk
 
 QUANTIZED = [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K]
 ALL_TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q4_K, Q.Q5_K, Q.Q6_K]

@@ -77,7 +77,8 @@ def test_gemma_sliding_window_is_really_applied():
     logits of a local-only model, and must move them when the layer is global."""
     import dataclasses
 
-    from specjax.models.convert import build_model, convert_state, family_for, open_checkpoint
+    from specjax.models.convert import build_model, convert_state, family_for
+    from specjax.models.sources import open_checkpoint
 
     hf = make_tiny_hf("gemma3")
     ckpt = open_checkpoint(hf)

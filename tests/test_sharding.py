@@ -18,7 +18,8 @@ from conftest import Tiny
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from specjax import api
+from specjax import api, sampler
+from specjax.cache import KVCache
 from specjax.config import SamplingConfig
 from specjax.lm import LM
 from specjax.models import RopeConfig, Transformer, TransformerConfig
@@ -101,9 +102,9 @@ def test_params_and_caches_are_really_split(target):
 
     # the compiled program's state: caches split over data (batch) and model (kv heads)
     api.generate(target, PROMPTS, draft="layerskip:1", gamma=3, max_new_tokens=12, mesh=mesh)
-    start_c, run_c, _ = next(v for k, v in api.COMPILED.table.items()
-                             if k[0] == "sharded" and k[8] is mesh and k[2] is not None and k[2].name == "layerskip")
-    state_sh = run_c.output_shardings
+    program = next(p for p in sampler.COMPILED.table.values()
+                   if p.mesh is mesh and p.decoder.drafter is not None and p.decoder.drafter.name == "layerskip")
+    state_sh = program.run.output_shardings
     cache_shape = (2, 8, 16 + 12 + 5, 4, 8)
     assert state_sh.cache.k.spec == P(None, "data", None, "model", None)
     assert state_sh.cache.k.shard_shape(cache_shape) == (2, 4, 33, 1, 8)
@@ -138,9 +139,19 @@ def test_rules_mapping_two_axes_of_one_array_to_one_mesh_axis_are_refused(target
     with pytest.raises(ShardingRuleError, match=r"rules map both '\w+' and '\w+' of [\w/]+ \("):
         param_shardings(LM.split(target.module)[1], mesh, bad)
     bad_state = tuple((k, "data" if k == "seq" else v) for k, v in DEFAULT_RULES)
+    cache = KVCache.zeros(layers=1, batch=8, size=16, kv_heads=2, head_dim=4)
     with pytest.raises(ShardingRuleError, match="'batch' and 'seq'"):
-        tree_shardings({"tokens": jnp.zeros((8, 16), jnp.int32)}, mesh, bad_state)
-    tree_shardings({"tokens": jnp.zeros((8, 16), jnp.int32)}, mesh, DEFAULT_RULES)  # the defaults are fine
+        tree_shardings(cache, mesh, bad_state)
+    tree_shardings(cache, mesh, DEFAULT_RULES)  # the defaults are fine
+
+
+def test_state_shardings_come_from_declared_axes_and_undeclared_arrays_are_replicated():
+    mesh = make_mesh(2, 4)
+    cache = KVCache.zeros(layers=1, batch=8, size=16, kv_heads=4, head_dim=4)
+    tree = {"cache": cache, "mine": jnp.zeros((8, 3))}  # a drafter's own array, declared by nobody
+    sh = tree_shardings(tree, mesh, DEFAULT_RULES)
+    assert sh["cache"].k.spec == P(None, "data", None, "model", None)
+    assert sh["mine"].spec == P(None, None)
 
 
 def _free_port() -> int:

@@ -1,24 +1,40 @@
-"""The drafter interface: what the speculation loop asks of any draft strategy.
+"""The drafter contract: what the speculation loop asks of any draft strategy, and what it gives back.
 
-Axes: B batch, S buffer slots, G proposals per round, V vocabulary, P padded prompt length.
+Axes: B batch, S buffer slots, G proposals per round, V vocabulary, P padded prompt length,
+n tapped layers, D the target's model width.
 
-A drafter is a frozen dataclass (hashable: a static argument of the jitted loop). Its params
+A drafter is a frozen dataclass (hashable: part of the loop's static `Decoder`). Its params
 (`draft_params`, may be None) travel through the loop as a pytree, and so does its state, kept in
-`SpecState.draft` (e.g. its own KV cache). All methods are pure and run inside the loop's jit:
+`SpecState.draft` (e.g. its own KV cache). All methods are pure and run inside the loop's jit.
 
-    init(draft_params, target_params, batch, size) -> draft state
-    prefill(draft_params, target_params, dstate, prompt_bp, positions_bp) -> draft state
-    propose(draft_params, target_params, state, key, gamma, sampling, vocab_size)
-        -> (tokens [B,G] int32, q [B,G,V] float32 or None, state)
+Attributes:
+    name: str              shown in statistics and reports
+    may_abstain: bool      True if `propose` may return -1 ("no proposal"); the loop then replaces the
+                           (G+1)-token verify pass by a one-token step when no row proposes anything
+    taps: tuple[int, ...]  target layers whose input hidden states the drafter wants to see (see
+                           `specjax.lm`); () for none, and then the target computes nothing extra
 
-`state` is the loop's `SpecState`: the committed token buffer `tokens[B,S]`, `lengths[B]`,
-`done[B]`, the target's cache and `draft` (this drafter's state); `propose` returns it with `draft`
-updated (a drafter that shares the target's cache may also write draft keys/values into it: the
-verify pass overwrites those slots). `q` must be the distribution each proposal was actually drawn
-from, warped exactly as the target will be; None declares point masses. A proposal of -1 means "no
-proposal" (allowed only for drafters with `may_abstain = True`); everything after it in the row
-must be -1 too. No separate update step is needed after acceptance: caches are indexed by
-position, so a drafter re-syncs from the committed buffer at its next `propose`.
+Methods, in the order the loop calls them:
+    init(draft_params, target_params, batch, size) -> dstate
+        allocate the drafter's state for `batch` rows and `size` buffer slots.
+    prefill(draft_params, target_params, dstate, prefill: TargetPrefill) -> dstate
+        after the target's prefill: the prompts, their positions, the target's taps over them and
+        the first committed token.
+    propose(draft_params, target_params, state, key, gamma, sampling, vocab_size) -> (Proposal, state)
+        every round: G proposals per row. `state` is the loop's `SpecState` (committed token buffer
+        `tokens[B,S]`, `lengths[B]`, `done[B]`, the target's cache and `draft`); it comes back with
+        `draft` updated (a drafter that shares the target's cache may also write draft keys/values
+        into it: the verify pass overwrites those slots).
+    observe(draft_params, target_params, dstate, observation: Observation) -> dstate
+        after every round: what the target verified (its input tokens and positions, its taps at
+        those positions), how many proposals each row accepted and how many tokens it committed.
+
+The proposal's `q` must be the distribution each proposal was actually drawn from, warped exactly as
+the target will be (`draw` does both); None declares point masses (greedy drafters, lookup). A
+proposal of -1 means "no proposal" (only when `may_abstain`); everything after it in the row must be
+-1 too. Invariants the loop keeps, per row b: `state.tokens[b, :state.lengths[b]]` is the prompt and
+every committed token; the target's cache holds all of them but the newest. Caches are indexed by
+position, so a drafter that ignores `observe` can re-sync from the committed buffer in `propose`.
 """
 
 from __future__ import annotations
@@ -27,21 +43,64 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from specjax import sampling as sampling_lib
 from specjax.config import SamplingConfig
+from specjax.rejection import Proposal
+
+
+@struct.dataclass
+class TargetPrefill:
+    """What the target computed over the prompts, handed to `Drafter.prefill`."""
+
+    tokens: jax.Array  # [B,P] int32, right-padded prompts
+    positions: jax.Array  # [B,P] int32, -1 for padding and inactive rows
+    taps: jax.Array  # [n,B,P,D] the target's tapped hidden states (n = len(drafter.taps))
+    first: jax.Array  # [B] int32, the first committed token (sampled from the last prompt position)
+
+
+@struct.dataclass
+class Observation:
+    """What one round verified and decided, handed to `Drafter.observe`."""
+
+    tokens: jax.Array  # [B,G+1] the verify pass's input: the newest committed token, then the G proposals
+    positions: jax.Array  # [B,G+1] their positions (-1 for rows that were already done)
+    taps: jax.Array  # [n,B,G+1,D] the target's tapped hidden states at those positions
+    accepted: jax.Array  # [B] proposals accepted by the rule (0 for rows that were already done)
+    committed: jax.Array  # [B] tokens appended to the buffer (accepted + 1, fewer when EOS or the budget cut it)
+    next_tokens: jax.Array  # [B] the token the rule drew at position `accepted` (the last one emitted)
 
 
 class Drafter(Protocol):
     name: str
     may_abstain: bool
+    taps: tuple[int, ...]
 
     def init(self, draft_params, target_params, batch: int, size: int) -> Any: ...
 
-    def prefill(self, draft_params, target_params, dstate, prompt_bp, positions_bp) -> Any: ...
+    def prefill(self, draft_params, target_params, dstate, prefill: TargetPrefill) -> Any: ...
 
     def propose(self, draft_params, target_params, state, key, gamma: int, sampling: SamplingConfig,
-                vocab_size: int | None) -> tuple[jax.Array, jax.Array | None, Any]: ...
+                vocab_size: int | None) -> tuple[Proposal, Any]: ...
+
+    def observe(self, draft_params, target_params, dstate, observation: Observation) -> Any: ...
+
+
+class Stateless:
+    """Defaults for drafters that keep no state and need nothing from the target."""
+
+    may_abstain = False
+    taps: tuple[int, ...] = ()
+
+    def init(self, draft_params, target_params, batch, size):
+        return None
+
+    def prefill(self, draft_params, target_params, dstate, prefill):
+        return dstate
+
+    def observe(self, draft_params, target_params, dstate, observation):
+        return dstate
 
 
 def draw(key, logits_bv: jax.Array, cfg: SamplingConfig, vocab_size: int | None):
@@ -72,7 +131,7 @@ def rollout(apply, cache, first_logits_bv, start_pos_b, key, gamma: int, samplin
             vocab_size: int | None):
     """Draw G tokens: the first from `first_logits_bv`, then G - 1 single-token steps of `apply`
     under `lax.scan`. apply(tokens [B,1], positions [B,1], cache) -> (logits [B,1,V], cache).
-    -> (tokens [B,G], q [B,G,V] or None, cache)."""
+    -> (Proposal, cache)."""
     keys = jax.random.split(key, gamma)
     first_b, first_q = draw(keys[0], first_logits_bv, sampling, vocab_size)
 
@@ -85,5 +144,5 @@ def rollout(apply, cache, first_logits_bv, start_pos_b, key, gamma: int, samplin
     (cache, _, _), (rest_gb, rest_q) = jax.lax.scan(step, (cache, first_b, start_pos_b), keys[1:])
     tokens_bg = jnp.concatenate([first_b[:, None], rest_gb.T], axis=1)
     if first_q is None:
-        return tokens_bg, None, cache
-    return tokens_bg, jnp.concatenate([first_q[:, None], jnp.swapaxes(rest_q, 0, 1)], axis=1), cache
+        return Proposal(tokens_bg), cache
+    return Proposal(tokens_bg, jnp.concatenate([first_q[:, None], jnp.swapaxes(rest_q, 0, 1)], axis=1)), cache

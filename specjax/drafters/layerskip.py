@@ -25,36 +25,31 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from specjax.drafters.base import rollout
+from specjax.drafters.base import Stateless, rollout
 from specjax.drafters.model import ModelDrafter
 from specjax.errors import ConfigError
 from specjax.lm import LM
 
 
 @dataclasses.dataclass(frozen=True)
-class SharedCacheLayerSkip:
+class SharedCacheLayerSkip(Stateless):
     lm: LM  # the target's static half
     layers: tuple[int, ...]
     name: str = "layerskip"
     may_abstain: bool = False
 
-    def init(self, draft_params, target_params, batch, size):
-        return None
-
-    def prefill(self, draft_params, target_params, dstate, prompt_bp, positions_bp):
-        return None
-
     def propose(self, draft_params, target_params, state, key, gamma, sampling, vocab_size):
         def apply(tokens_bt, positions_bt, cache):
-            return self.lm.apply(target_params, tokens_bt, positions_bt, cache, layers=self.layers)
+            logits_btv, cache, _ = self.lm.forward(target_params, tokens_bt, positions_bt, cache, layers=self.layers)
+            return logits_btv, cache
 
         idx_b = jnp.maximum(state.lengths - 1, 0)
         newest_b = jnp.take_along_axis(state.tokens, idx_b[:, None], axis=1)[:, 0]
         pos_b = jnp.where(state.done, -1, state.lengths - 1)
         logits_b1v, cache = apply(newest_b[:, None], pos_b[:, None], state.cache)
         start_b = jnp.where(pos_b < 0, -1, pos_b + 1)
-        tokens_bg, q_bgv, cache = rollout(apply, cache, logits_b1v[:, 0], start_b, key, gamma, sampling, vocab_size)
-        return tokens_bg, q_bgv, state.replace(cache=cache)
+        proposal, cache = rollout(apply, cache, logits_b1v[:, 0], start_b, key, gamma, sampling, vocab_size)
+        return proposal, state.replace(cache=cache)
 
 
 def parse_layers(spec: str, num_layers: int) -> tuple[int, ...]:

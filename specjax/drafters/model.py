@@ -12,12 +12,12 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from specjax.drafters.base import last_two, rollout
+from specjax.drafters.base import Stateless, last_two, rollout
 from specjax.lm import LM
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelDrafter:
+class ModelDrafter(Stateless):
     lm: LM
     layers: tuple[int, ...] | None = None  # run only these blocks (None: all of the draft model)
     shares_target_params: bool = False  # True: the blocks are the target's (no draft params)
@@ -29,25 +29,28 @@ class ModelDrafter:
         return target_params if self.shares_target_params else draft_params
 
     def init(self, draft_params, target_params, batch: int, size: int):
-        module = self.lm.module(self._params(draft_params, target_params))
-        return module.init_cache(batch, size, layers=None if self.layers is None else len(self.layers))
+        layers = None if self.layers is None else len(self.layers)
+        return self.lm.init_cache(self._params(draft_params, target_params), batch, size, layers=layers)
 
-    def prefill(self, draft_params, target_params, cache, prompt_bp, positions_bp):
+    def prefill(self, draft_params, target_params, cache, prefill):
         module = self.lm.module(self._params(draft_params, target_params))
-        _, cache = module.hidden(prompt_bp, positions_bp, cache, layers=self.layers)
+        _, cache, _ = module.hidden(prefill.tokens, prefill.positions, cache, layers=self.layers)
         return cache
 
     def propose(self, draft_params, target_params, state, key, gamma, sampling, vocab_size):
         params = self._params(draft_params, target_params)
 
         def apply(tokens_bt, positions_bt, cache):
-            return self.lm.apply(params, tokens_bt, positions_bt, cache, layers=self.layers)
+            logits_btv, cache, _ = self.lm.forward(params, tokens_bt, positions_bt, cache, layers=self.layers)
+            return logits_btv, cache
 
         tokens_b2, positions_b2 = last_two(state)
         logits_b2v, cache = apply(tokens_b2, positions_b2, state.draft)
         start_b = jnp.where(positions_b2[:, 1] < 0, -1, positions_b2[:, 1] + 1)
-        tokens_bg, q_bgv, cache = rollout(apply, cache, logits_b2v[:, 1], start_b, key, gamma, sampling, vocab_size)
+        proposal, cache = rollout(apply, cache, logits_b2v[:, 1], start_b, key, gamma, sampling, vocab_size)
+        q_bgv = proposal.q
         if q_bgv is not None and self.target_vocab is not None and q_bgv.shape[-1] != self.target_vocab:
             extra = self.target_vocab - q_bgv.shape[-1]  # ids past the shared vocabulary have q = 0
             q_bgv = jnp.pad(q_bgv, ((0, 0), (0, 0), (0, extra))) if extra > 0 else q_bgv[..., :self.target_vocab]
-        return tokens_bg, q_bgv, state.replace(draft=cache)
+            proposal = proposal.replace(q=q_bgv)
+        return proposal, state.replace(draft=cache)

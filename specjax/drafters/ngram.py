@@ -13,11 +13,13 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from specjax.drafters.base import Stateless
 from specjax.errors import ConfigError
+from specjax.rejection import Proposal
 
 
 @dataclasses.dataclass(frozen=True)
-class NGramDrafter:
+class NGramDrafter(Stateless):
     nmax: int = 3
     nmin: int = 1
     eos_ids: tuple[int, ...] = ()
@@ -28,16 +30,10 @@ class NGramDrafter:
         if not 1 <= self.nmin <= self.nmax:
             raise ConfigError(f"ngram sizes must satisfy 1 <= NMIN <= NMAX, got NMAX={self.nmax} NMIN={self.nmin}")
 
-    def init(self, draft_params, target_params, batch, size):
-        return None
-
-    def prefill(self, draft_params, target_params, dstate, prompt_bp, positions_bp):
-        return None
-
     def propose(self, draft_params, target_params, state, key, gamma, sampling, vocab_size):
         tokens_bg, _ = lookup(state.tokens, state.lengths, gamma, nmax=self.nmax, nmin=self.nmin,
                               eos_ids=self.eos_ids)
-        return jnp.where(state.done[:, None], -1, tokens_bg), None, state
+        return Proposal(jnp.where(state.done[:, None], -1, tokens_bg)), state
 
 
 def lookup(tokens_bs, lengths_b, gamma: int, *, nmax: int, nmin: int = 1, eos_ids=()):

@@ -1,12 +1,14 @@
-"""GGUF files as a checkpoint source: llama.cpp names and quantized blocks back to HF names and floats.
+"""A GGUF file (llama.cpp's format): its metadata becomes an HF config dict, its tensors HF-named
+float32 arrays, and its vocabulary a tokenizer.
 
-The `gguf` package reads the file and dequantizes blocks with numpy. On top of it this module
+The `gguf` package parses the file and dequantizes blocks with numpy. On top of it this module
  - builds an HF-style config dict from the GGUF metadata,
  - renames llama.cpp tensors (`blk.3.attn_q.weight`) to HF keys (`model.layers.3.self_attn.q_proj.weight`),
  - undoes the row permutation llama.cpp applies to q and k of Llama-architecture models (it
    reorders each head from HF's rotate-half layout to interleaved pairs),
  - undoes the +1 llama.cpp adds to Gemma's (1 + w) RMSNorm weights,
- - transposes GPT-2's projections back to HF's Conv1D [in, out] layout.
+ - transposes GPT-2's projections back to HF's Conv1D [in, out] layout,
+ - builds the tokenizer from the `tokenizer.ggml.*` metadata.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from specjax.errors import (
     UnknownArchitectureError,
     UnsupportedGGUFTypeError,
 )
+
+from ..tokenizer import Tokenizer
 
 try:  # the runtime dependency; imported lazily by callers that never touch GGUF
     import gguf
@@ -228,3 +232,7 @@ class GGUFCheckpoint:
             if m and _GPT2_NAMES.get(m.group(2), ("", False))[1]:
                 return np.ascontiguousarray(w.T)
         return w
+
+    # -- tokenizer ------------------------------------------------------------------------------
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.from_gguf(self.field)

@@ -1,0 +1,133 @@
+"""The one parser of drafter strings, for the CLI, the Python API and the bench.
+
+    model:NAME                     a draft model with the target's tokenizer (NAME resolved by a loader
+                                   the caller provides: the engine does not import the model zoo)
+    layerskip:K | layerskip:0-9,20-29 [:own]
+                                   a subset of the target's own blocks (first K, or ranges); `:own`
+                                   gives it a private KV cache instead of the target's
+    ngram:NMAX[:NMIN]              prompt lookup with n-grams from NMAX down to NMIN (default 1)
+
+`parse` turns a string into a `DrafterSpec` (syntax only, no model needed); `resolve` turns a spec,
+a string, a loaded draft model or a ready (drafter, params) pair into a `Resolved` drafter for a
+given target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from specjax.drafters.layerskip import layer_skip, parse_layers
+from specjax.drafters.model import ModelDrafter
+from specjax.drafters.ngram import NGramDrafter
+from specjax.errors import ConfigError, IncompatibleDraftError
+from specjax.lm import LM
+
+SYNTAX = "model:NAME, layerskip:K[:own], layerskip:A-B,C-D[:own], or ngram:NMAX[:NMIN]"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DrafterSpec:
+    """A parsed drafter string."""
+
+    kind: str  # "model" | "layerskip" | "ngram"
+    text: str  # the string it came from
+    name: str | None = None  # model: what the loader resolves
+    layers: str | None = None  # layerskip: "K" or ranges, checked against the target when resolved
+    cache: str = "shared"  # layerskip: "shared" | "own"
+    nmax: int = 0  # ngram
+    nmin: int = 1  # ngram
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A drafter ready for the loop, its params, and the vocabulary it shares with the target."""
+
+    drafter: Any
+    params: Any
+    vocab_limit: int | None = None  # ids >= this must never be drawn (two embeddings padded differently)
+    rows: int | None = None  # the draft embedding's rows, when it differs from the target's
+
+
+def parse(text: str) -> DrafterSpec:
+    """A drafter string -> DrafterSpec; a `ConfigError` naming the string and the syntax otherwise."""
+    if not isinstance(text, str):
+        raise ConfigError(f"a drafter string must be a str, got {type(text).__name__}")
+    kind, _, rest = text.partition(":")
+    if kind == "model" and rest:
+        return DrafterSpec(kind="model", text=text, name=rest)
+    if kind == "layerskip" and rest:
+        layers, _, cache = rest.partition(":")
+        if cache not in ("", "shared", "own"):
+            raise ConfigError(f"drafter {text!r}: the layer-skip cache must be 'shared' or 'own', got {cache!r}")
+        if not layers:
+            raise ConfigError(f"drafter {text!r}: expected layerskip:K or layerskip:A-B,C-D")
+        return DrafterSpec(kind="layerskip", text=text, layers=layers, cache=cache or "shared")
+    if kind == "ngram" and rest:
+        sizes = rest.split(":")
+        if len(sizes) > 2:
+            raise ConfigError(f"drafter {text!r}: expected ngram:NMAX[:NMIN], got {len(sizes)} fields")
+        try:
+            nmax, nmin = int(sizes[0]), int(sizes[1]) if len(sizes) > 1 else 1
+        except ValueError as err:
+            raise ConfigError(f"drafter {text!r}: expected ngram:NMAX[:NMIN] with integers") from err
+        if not 1 <= nmin <= nmax:
+            raise ConfigError(f"drafter {text!r}: ngram sizes must satisfy 1 <= NMIN <= NMAX")
+        return DrafterSpec(kind="ngram", text=text, nmax=nmax, nmin=nmin)
+    raise ConfigError(f"unknown drafter {text!r}; use {SYNTAX}")
+
+
+def resolve(draft, target, *, eos_ids=(), load_model: Callable[[str], Any] | None = None) -> Resolved:
+    """`draft` for `target` (a loaded model: `.module`, `.tokenizer`) -> Resolved.
+
+    draft: a drafter string or `DrafterSpec`; a loaded draft model with the target's tokenizer; or
+    an already built (drafter, params) pair. `load_model(name)` loads the model of `model:NAME`."""
+    if isinstance(draft, tuple) and len(draft) == 2:
+        return Resolved(draft[0], draft[1])
+    if hasattr(draft, "module"):
+        limit = check_vocabularies(target, draft)
+        lm, params = LM.split(draft.module)
+        rows = draft.module.config.vocab_size
+        return Resolved(ModelDrafter(lm, target_vocab=target.module.config.vocab_size), params, limit,
+                        rows if limit is not None else None)
+    spec = parse(draft) if isinstance(draft, str) else draft
+    if not isinstance(spec, DrafterSpec):
+        raise ConfigError(f"draft must be a loaded model, a drafter string ({SYNTAX}) or a (drafter, params) "
+                          f"pair, got {type(draft).__name__}")
+    if spec.kind == "model":
+        if load_model is None:
+            raise ConfigError(f"drafter {spec.text!r}: 'model:NAME' needs a model loader (the CLI and the bench "
+                              "provide one); from Python, pass the loaded draft model itself")
+        return resolve(load_model(spec.name), target, eos_ids=eos_ids)
+    if spec.kind == "layerskip":
+        lm = LM.split(target.module)[0]
+        return Resolved(layer_skip(lm, parse_layers(spec.layers, lm.config.num_layers), spec.cache), None)
+    return Resolved(NGramDrafter(nmax=spec.nmax, nmin=spec.nmin, eos_ids=tuple(eos_ids)), None)
+
+
+def check_vocabularies(target, draft) -> int | None:
+    """Refuse a draft model whose tokens differ from the target's; -> the shared vocabulary size
+    when the two embeddings are padded differently (ids past it must be masked), else None."""
+    t_tok, d_tok = getattr(target, "tokenizer", None), getattr(draft, "tokenizer", None)
+    t_rows, d_rows = target.module.config.vocab_size, draft.module.config.vocab_size
+    if t_tok is not None and d_tok is not None:
+        if t_tok.vocab_size != d_tok.vocab_size:
+            raise IncompatibleDraftError(
+                f"draft tokenizer has {d_tok.vocab_size} tokens, the target's has {t_tok.vocab_size}: "
+                "speculative decoding needs the same vocabulary")
+        t_vocab, d_vocab = t_tok.backend.get_vocab(), d_tok.backend.get_vocab()
+        if t_vocab != d_vocab:
+            diffs = sorted(i for i in range(t_tok.vocab_size) if t_tok.token(i) != d_tok.token(i))
+            shown = ", ".join(f"id {i}: target {t_tok.token(i)!r} vs draft {d_tok.token(i)!r}" for i in diffs[:3])
+            raise IncompatibleDraftError(f"draft and target tokenizers differ at {len(diffs)} ids ({shown})")
+        shared = t_tok.vocab_size
+        if shared > min(t_rows, d_rows):
+            raise IncompatibleDraftError(
+                f"embedding has fewer rows than the tokenizer has tokens (target {t_rows}, draft {d_rows}, "
+                f"tokenizer {shared})")
+        return shared if t_rows != d_rows else None
+    if t_rows != d_rows:
+        raise IncompatibleDraftError(
+            f"draft vocabulary size {d_rows} differs from the target's {t_rows}, and without tokenizers "
+            "specjax cannot tell whether one is a padded version of the other")
+    return None

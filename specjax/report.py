@@ -1,0 +1,60 @@
+"""Memory and statistics reports: what a decode cost in bytes, and what its speculation achieved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from specjax import metrics
+from specjax.lm import LM
+
+
+def nbytes(tree) -> int:
+    """Bytes of every array (or ShapeDtypeStruct) in a pytree."""
+    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def memory(lm: LM, params, drafter=None, draft_params=None, *, batch: int = 1, length: int = 2048) -> dict:
+    """Parameter and KV-cache bytes of target and drafter for `batch` rows of `length` slots.
+
+    The speculation overhead is the drafter's parameters plus its state (zero for prompt lookup and
+    for layer skip with the shared cache). Nothing is allocated: shapes come from `jax.eval_shape`."""
+    target_cache = jax.eval_shape(lambda p: lm.init_cache(p, batch, length), params)
+    report = {
+        "batch": batch, "length": length,
+        "target_param_bytes": nbytes(params), "target_cache_bytes": nbytes(target_cache),
+        "draft_param_bytes": 0, "draft_cache_bytes": 0,
+    }
+    if drafter is not None:
+        report["draft_param_bytes"] = nbytes(draft_params)
+        draft_state = jax.eval_shape(lambda d, p: drafter.init(d, p, batch, length), draft_params, params)
+        report["draft_cache_bytes"] = nbytes(draft_state)
+    report["speculation_overhead_bytes"] = report["draft_param_bytes"] + report["draft_cache_bytes"]
+    return report
+
+
+def memory_report(target, draft=None, *, batch: int = 1, length: int = 2048, load_model=None) -> dict:
+    """`memory` for a loaded target and a drafter given as `generate` takes it (string, model or pair)."""
+    from specjax.drafters import registry
+
+    lm, params = LM.split(target.module)
+    if draft is None:
+        return memory(lm, params, batch=batch, length=length)
+    resolved = registry.resolve(draft, target, load_model=load_model)
+    return memory(lm, params, resolved.drafter, resolved.params, batch=batch, length=length)
+
+
+def statistics(state, rows: int, *, speculative: bool) -> dict[str, Any]:
+    """Counters of a finished decode state (host numpy arrays) for its first `rows` rows -> a dict:
+    new tokens per row, target forward passes, and for speculative decoding `metrics.summarize`."""
+    lengths, plen = np.asarray(state.lengths), np.asarray(state.prompt_lengths)
+    new_tokens = (lengths - plen)[:rows].astype(int).tolist()
+    stats: dict[str, Any] = {"new_tokens": new_tokens, "target_forward_passes": int(state.steps) + 1}
+    if speculative:
+        s = state.stats
+        emitted = np.maximum(lengths - plen - 1, 0)  # the prefill's first token is not a round's
+        stats.update(metrics.summarize(s.rounds, s.drafted, s.accepted, s.accepted_at, s.reached_at, emitted,
+                                       rows=rows))
+    return stats

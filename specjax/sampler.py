@@ -1,0 +1,275 @@
+"""The host side of decoding: tokenisation, buckets, the compile cache, placement on a mesh, results.
+
+`Sampler` is the long-lived host object (one per target and drafter); it builds the frozen,
+hashable `loop.Decoder` for each call's settings and runs one compiled program for it. Every program
+is compiled the same way, with or without a mesh (no mesh means a one-device mesh): `Decoder.start`
+(prefill) and `Decoder.run` (the while loop) are jitted with explicit input and output shardings,
+and `run` takes the decode state as a donated argument, so its buffers are updated in place.
+
+Prompts are padded to power-of-two length buckets (at least `MIN_PROMPT_BUCKET`) and the batch to a
+power-of-two size, so a new prompt in a bucket already seen reuses the compiled program. Compile
+time is measured apart from run time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specjax import report, sharding as shd
+from specjax.config import DecodeConfig, SamplingConfig
+from specjax.drafters import registry
+from specjax.errors import ConfigError
+from specjax.lm import LM
+from specjax.loop import Decoder
+
+MIN_PROMPT_BUCKET = 16
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """The smallest power of two >= max(n, minimum)."""
+    n = max(int(n), minimum, 1)
+    return 1 << (n - 1).bit_length()
+
+
+@dataclasses.dataclass
+class GenerateResult:
+    tokens: list[list[int]]  # generated ids per prompt, prompt excluded
+    text: list[str] | None
+    prompt_tokens: list[list[int]]
+    stats: dict[str, Any]
+    timing: dict[str, float]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+
+class CompiledCache:
+    """Compiled programs, one per (decoder, bucket, mesh, ...); counts compilations.
+
+    Least recently used entries beyond `capacity` are dropped: every CPU executable holds memory
+    mappings of its own, and a long-lived process must not accumulate them without bound."""
+
+    def __init__(self, capacity: int = 24):
+        self.table: dict[Any, Any] = {}
+        self.capacity = capacity
+        self.compilations = 0
+
+    def get_or_build(self, key, build):
+        """The entry for `key`, built by `build()` (and timed) on a miss -> (entry, compile seconds)."""
+        if key in self.table:
+            self.table[key] = self.table.pop(key)  # most recently used goes last
+            return self.table[key], 0.0
+        started = time.perf_counter()
+        entry = build()
+        self.table[key] = entry
+        self.compilations += 1
+        while len(self.table) > self.capacity:
+            self.table.pop(next(iter(self.table)))
+        return entry, time.perf_counter() - started
+
+    def clear(self) -> None:
+        self.table.clear()
+
+
+COMPILED = CompiledCache()
+
+
+def encode_prompts(tokenizer, prompts: Sequence, *, chat: bool) -> list[list[int]]:
+    """Text prompts (or lists of token ids) -> lists of token ids; a single prompt may be given bare."""
+    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+        prompts = [prompts]
+    if not prompts:
+        raise ConfigError("prompts is empty")
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            if tokenizer is None:
+                raise ConfigError("text prompts need a model with a tokenizer; pass token ids instead")
+            if chat:
+                text = tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
+                out.append(tokenizer.encode(text, add_bos=False))
+            else:
+                out.append(tokenizer.encode(p))
+        else:
+            out.append([int(t) for t in p])
+        if not out[-1]:
+            raise ConfigError(f"prompt {i} is empty after tokenization")
+    return out
+
+
+def pad_batch(prompts: list[list[int]], pad_id: int = 0):
+    """-> (prompt_bp, lengths_b, active_b) as numpy, padded to the length and batch buckets."""
+    B = bucket(len(prompts))
+    P = bucket(max(len(p) for p in prompts), MIN_PROMPT_BUCKET)
+    prompt_bp = np.full((B, P), pad_id, np.int32)
+    lengths_b = np.ones((B,), np.int32)
+    active_b = np.zeros((B,), bool)
+    for i, p in enumerate(prompts):
+        prompt_bp[i, : len(p)] = p
+        lengths_b[i] = len(p)
+        active_b[i] = True
+    return prompt_bp, lengths_b, active_b
+
+
+def one_device_mesh():
+    return shd.make_mesh(1, 1, devices=jax.devices()[:1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """A decoder compiled for one bucket on one mesh: `start` (prefill) and `run` (donates the state)."""
+
+    decoder: Decoder
+    mesh: Any
+    start: Any
+    run: Any
+    param_shardings: Any
+    draft_param_shardings: Any
+    input_shardings: tuple
+    plan: shd.Plan
+
+    def __call__(self, params, draft_params, prompt_bp, lengths_b, active_b, key):
+        inputs = shd.place((params, draft_params, prompt_bp, lengths_b, active_b, key),
+                           (self.param_shardings, self.draft_param_shardings, *self.input_shardings))
+        state = self.start(*inputs)
+        return self.run(inputs[0], inputs[1], state)
+
+
+def compile_program(decoder: Decoder, params, draft_params, prompt_shape: tuple[int, int], mesh, *,
+                    rules=None, draft_rules=None) -> Program:
+    """Lower and compile `decoder.start` and `decoder.run` with shardings from the logical axes that
+    params (`nnx.Param` metadata) and the decode state (its types' `logical_axes`) declare."""
+    rules = rules or shd.DEFAULT_RULES
+    draft_rules = draft_rules or shd.REPLICATED_RULES
+    plan = shd.Plan()
+    p_sh = shd.param_shardings(params, mesh, rules, plan)
+    d_sh = shd.param_shardings(draft_params, mesh, draft_rules, plan) if draft_params is not None else None
+    B, P = prompt_shape
+    in_sh = tuple(jax.sharding.NamedSharding(mesh, shd.spec_for(name, axes, shape, mesh, rules, plan))
+                  for name, axes, shape in (("prompt", ("batch", "seq"), (B, P)), ("prompt_lengths", ("batch",), (B,)),
+                                            ("active", ("batch",), (B,)), ("key", (), ())))
+    args = (jax.ShapeDtypeStruct((B, P), jnp.int32), jax.ShapeDtypeStruct((B,), jnp.int32),
+            jax.ShapeDtypeStruct((B,), jnp.bool_), jax.eval_shape(lambda: jax.random.key(0)))
+    abstract = lambda tree, sh: jax.tree.map(  # noqa: E731
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
+    params_a = abstract(params, p_sh)
+    draft_a = abstract(draft_params, d_sh) if draft_params is not None else None
+    inputs_a = tuple(abstract(a, s) for a, s in zip(args, in_sh))
+    state_shape = jax.eval_shape(decoder.start, params_a, draft_a, *inputs_a)
+    state_sh = shd.tree_shardings(state_shape, mesh, rules, plan)
+    start_c = jax.jit(decoder.start, in_shardings=(p_sh, d_sh, *in_sh), out_shardings=state_sh).lower(
+        params_a, draft_a, *inputs_a).compile()
+    run_c = jax.jit(decoder.run, in_shardings=(p_sh, d_sh, state_sh), out_shardings=state_sh,
+                    donate_argnums=(2,)).lower(params_a, draft_a, abstract(state_shape, state_sh)).compile()
+    return Program(decoder, mesh, start_c, run_c, p_sh, d_sh, in_sh, plan)
+
+
+def _signature(tree) -> tuple:
+    return tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree))
+
+
+class Sampler:
+    """Decoding for one target and one drafter: call it with prompts and per-call settings.
+
+        sampler = Sampler(target, draft="ngram:3", gamma=4)
+        result = sampler(["Hello"], sampling=SamplingConfig(temperature=0.7), max_new_tokens=64)
+
+    target: a loaded model (`.module`, `.tokenizer`, e.g. `specjax.models.load(...)`).
+    draft: None (autoregressive), a drafter string (see `specjax.drafters.registry`), a loaded draft
+    model with the target's tokenizer, or a (drafter, params) pair. load_model: resolves the NAME of
+    `model:NAME` (the CLI passes `specjax.models.load`). mesh: a `specjax.sharding.make_mesh(data,
+    model)` mesh (default: one device); rules / draft_rules: logical-axis tables.
+    """
+
+    def __init__(self, target, draft=None, *, gamma: int = 4, eos_ids: Sequence[int] | None = None, mesh=None,
+                 rules=None, draft_rules=None, load_model=None):
+        if not isinstance(gamma, int) or gamma < 1:
+            raise ConfigError(f"gamma must be an integer >= 1, got {gamma!r}")
+        self.tokenizer = getattr(target, "tokenizer", None)
+        if eos_ids is None:
+            eos_ids = tuple(self.tokenizer.eos_ids) if self.tokenizer is not None else ()
+        self.eos_ids = tuple(int(e) for e in eos_ids)
+        self.mesh = mesh if mesh is not None else one_device_mesh()
+        self.rules, self.draft_rules = rules, draft_rules
+        module = shd.prepare_for_mesh(target.module, self.mesh)
+        self.lm, self.params = LM.split(module)
+        self.vocab_rows = self.lm.config.vocab_size
+        limit = self.tokenizer.vocab_size if self.tokenizer is not None else self.vocab_rows
+        rows = self.vocab_rows  # the widest embedding in play: ids from `limit` up to it are never drawn
+        self.drafter = self.draft_params = None
+        self.gamma = 0
+        if draft is not None:
+            resolved = registry.resolve(draft, _Model(module, self.tokenizer), eos_ids=self.eos_ids,
+                                        load_model=load_model)
+            self.drafter, self.draft_params, self.gamma = resolved.drafter, resolved.params, gamma
+            if resolved.vocab_limit is not None:
+                limit, rows = min(limit, resolved.vocab_limit), max(rows, resolved.rows or rows)
+        self.vocab_limit = limit if limit < rows else None
+
+    def decoder(self, *, sampling: SamplingConfig, max_new_tokens: int, prompt_len: int) -> Decoder:
+        """The static decoder for these settings and this prompt bucket."""
+        decode = DecodeConfig(max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, vocab_size=self.vocab_limit)
+        size = prompt_len + max_new_tokens + (1 if self.drafter is None else self.gamma + 2)
+        return Decoder(lm=self.lm, drafter=self.drafter, gamma=self.gamma, sampling=sampling, decode=decode,
+                       size=size)
+
+    def program(self, decoder: Decoder, prompt_shape: tuple[int, int]) -> tuple[Program, float]:
+        """The compiled program for `decoder` and this bucket (from the cache) -> (program, compile s)."""
+        key = ("program", decoder, prompt_shape, self.mesh, self.rules, self.draft_rules,
+               _signature(self.params), _signature(self.draft_params))
+        return COMPILED.get_or_build(key, lambda: compile_program(
+            decoder, self.params, self.draft_params, prompt_shape, self.mesh, rules=self.rules,
+            draft_rules=self.draft_rules))
+
+    def __call__(self, prompts, *, sampling: SamplingConfig | None = None, max_new_tokens: int = 64, seed: int = 0,
+                 chat: bool = False) -> GenerateResult:
+        sampling = sampling or SamplingConfig()
+        ids = encode_prompts(self.tokenizer, prompts, chat=chat)
+        V = self.vocab_rows
+        for i, p in enumerate(ids):
+            if min(p) < 0 or max(p) >= V:
+                raise ConfigError(f"prompt {i} has token ids outside [0, {V})")
+        prompt_bp, lengths_b, active_b = pad_batch(ids)
+        decoder = self.decoder(sampling=sampling, max_new_tokens=max_new_tokens, prompt_len=prompt_bp.shape[1])
+        program, compile_s = self.program(decoder, prompt_bp.shape)
+        started = time.perf_counter()
+        state = program(self.params, self.draft_params, prompt_bp, lengths_b, active_b, jax.random.key(seed))
+        jax.block_until_ready(state.tokens)
+        run_s = time.perf_counter() - started
+        result = self._result(state, ids, compile_s, run_s)
+        result.stats["memory"] = report.memory(self.lm, self.params, self.drafter, self.draft_params,
+                                               batch=prompt_bp.shape[0], length=decoder.size)
+        return result
+
+    def _result(self, state, ids, compile_s: float, run_s: float) -> GenerateResult:
+        n = len(ids)
+        state = state.replace(cache=None, draft=None, key=None)  # only tokens, lengths and counters come back
+        state = jax.tree.map(_host, state)
+        out = [state.tokens[i, state.prompt_lengths[i]:state.lengths[i]].tolist() for i in range(n)]
+        text = [self.tokenizer.decode(o) for o in out] if self.tokenizer is not None else None
+        stats = report.statistics(state, n, speculative=self.drafter is not None)
+        total = sum(len(o) for o in out)
+        timing = {"compile_s": compile_s, "run_s": run_s, "tokens_per_s": total / run_s if run_s > 0 else 0.0}
+        return GenerateResult(tokens=out, text=text, prompt_tokens=ids, stats=stats, timing=timing)
+
+
+@dataclasses.dataclass
+class _Model:
+    module: Any
+    tokenizer: Any
+
+
+def _host(x) -> np.ndarray:
+    """A (possibly sharded, possibly multi-process) array as a full numpy array on every process."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

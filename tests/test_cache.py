@@ -1,0 +1,33 @@
+"""The KV cache pytree: writes at per-row slots, dropped padding, declared logical axes."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from specjax.cache import KVCache
+
+
+def test_write_puts_each_row_at_its_own_positions_and_drops_padding():
+    cache = KVCache.zeros(layers=2, batch=2, size=5, kv_heads=1, head_dim=1)
+    k_btkh = jnp.asarray([[1.0, 2.0], [3.0, 4.0]])[..., None, None]  # [B=2, T=2, K=1, H=1]
+    positions_bt = jnp.asarray([[0, 1], [3, -1]])  # row 1's second token is padding
+    cache = cache.write(1, k_btkh, -k_btkh, positions_bt)
+    k = np.asarray(cache.k)[..., 0, 0]  # [L, B, S]
+    np.testing.assert_array_equal(k[1], [[1, 2, 0, 0, 0], [0, 0, 0, 3, 0]])
+    np.testing.assert_array_equal(k[0], np.zeros((2, 5)))  # other layers untouched
+    np.testing.assert_array_equal(np.asarray(cache.v)[1, ..., 0, 0], -k[1])
+
+
+def test_positions_past_the_end_are_dropped_not_clamped():
+    cache = KVCache.zeros(layers=1, batch=1, size=3, kv_heads=1, head_dim=1)
+    cache = cache.write(0, jnp.ones((1, 2, 1, 1)), jnp.ones((1, 2, 1, 1)), jnp.asarray([[2, 3]]))
+    np.testing.assert_array_equal(np.asarray(cache.k)[0, 0, :, 0, 0], [0, 0, 1])
+
+
+def test_shape_properties_and_axes():
+    cache = KVCache.zeros(layers=3, batch=2, size=7, kv_heads=4, head_dim=8, dtype=jnp.bfloat16)
+    assert (cache.size, cache.batch) == (7, 2)
+    assert cache.nbytes == 2 * 3 * 2 * 7 * 4 * 8 * 2
+    axes = cache.logical_axes()
+    assert axes.k == axes.v == ("layers", "batch", "seq", "kv_heads", "head_dim")

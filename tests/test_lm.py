@@ -1,0 +1,73 @@
+"""The language-model contract: forward with taps, forward_at, layer subsets."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_lm
+
+from specjax.lm import LM
+
+TOKENS = jnp.asarray([[3, 1, 4, 1, 5, 9], [2, 6, 5, 3, 0, 0]])
+POSITIONS = jnp.asarray([[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, -1, -1]])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return LM.split(tiny_lm(0, layers=3, scale=0.04).module)
+
+
+def _blocks_by_hand(lm, params, taps):
+    """The residual stream before each block, computed one block at a time with layer subsets:
+    the input of block j is the output of blocks 0..j-1 (before the final norm)."""
+    module = lm.module(params)
+    out = []
+    for t in taps:
+        if t == 0:
+            out.append(np.asarray(module.embed.value)[np.asarray(TOKENS)])
+            continue
+        cache = lm.init_cache(params, 2, 6, layers=t)
+        _, _, (x,) = module.hidden(TOKENS, POSITIONS, cache, layers=t, taps=(t,))
+        out.append(np.asarray(x))
+    return np.stack(out)
+
+
+def test_taps_are_the_inputs_of_the_named_blocks(model):
+    lm, params = model
+    taps = (3, 0, 2)  # any order; 3 = L is the last block's output before the final norm
+    logits, _, taps_nbtd = lm.forward(params, TOKENS, POSITIONS, lm.init_cache(params, 2, 6), taps=taps)
+    assert taps_nbtd.shape == (3, 2, 6, 32)
+    want = _blocks_by_hand(lm, params, taps)
+    valid = np.asarray(POSITIONS) >= 0
+    np.testing.assert_allclose(np.asarray(taps_nbtd)[:, valid], want[:, valid], rtol=1e-5, atol=1e-6)
+    # the final norm of the last tap, through the head, gives the logits
+    module = lm.module(params)
+    np.testing.assert_allclose(np.asarray(module.logits(module.final_norm(taps_nbtd[0]))), np.asarray(logits),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_taps_change_nothing_else_and_cost_nothing_when_absent(model):
+    lm, params = model
+    cache = lm.init_cache(params, 2, 6)
+    a_logits, a_cache, none = lm.forward(params, TOKENS, POSITIONS, cache)
+    b_logits, b_cache, _ = lm.forward(params, TOKENS, POSITIONS, cache, taps=(1, 2))
+    assert none.shape == (0, 2, 6, 32)
+    np.testing.assert_array_equal(np.asarray(a_logits), np.asarray(b_logits))
+    np.testing.assert_array_equal(np.asarray(a_cache.k), np.asarray(b_cache.k))
+
+
+def test_forward_at_projects_one_position_per_row(model):
+    lm, params = model
+    cache = lm.init_cache(params, 2, 6)
+    full, _, _ = lm.forward(params, TOKENS, POSITIONS, cache)
+    index_b = jnp.asarray([5, 3])
+    picked, _, taps = lm.forward_at(params, TOKENS, POSITIONS, cache, index_b, taps=(1,))
+    np.testing.assert_allclose(np.asarray(picked), np.asarray(full)[[0, 1], [5, 3]], rtol=1e-5, atol=1e-6)
+    assert taps.shape == (1, 2, 6, 32)
+
+
+def test_taps_outside_the_blocks_that_run_are_refused(model):
+    lm, params = model
+    with pytest.raises(ValueError, match=r"not \[3\]"):
+        lm.forward(params, TOKENS, POSITIONS, lm.init_cache(params, 2, 6), taps=(3,), layers=(0, 1))
