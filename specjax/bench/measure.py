@@ -2,9 +2,10 @@
 
   target step   one jitted target forward of T = 1 token per row, on a cache of `size` slots
   v             (G + 1)-token verify time / 1-token step time
-  c             drafter `propose` time for G proposals / (G * target step time)
+  c             drafter `propose` time for G proposals (the loop's `draft` step) / (G * target step time)
 
-Each figure is the median of `repeats` timed calls after a warm-up call (which compiles).
+Each figure is the median of `repeats` timed calls after a warm-up call (which compiles). Every
+jitted function returns all it computed (logits and cache), so XLA cannot drop any of the work.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from specjax import loop
 from specjax.config import SamplingConfig
 from specjax.lm import LM
+from specjax.sampler import Sampler
+
+SIZE = 512  # cache slots of every timed call
+CONTEXT = 256  # committed tokens per row before the timed step
 
 
 def _median_time(fn, *args, repeats: int = 20) -> float:
@@ -31,15 +37,9 @@ def _median_time(fn, *args, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
-def _state(lm: LM, params, batch: int, size: int, context: int, gamma: int, vocab: int) -> loop.SpecState:
-    """A decode state whose rows hold `context` committed tokens of a repeating pattern."""
-    tokens = (jnp.arange(size)[None] * 7 % min(vocab, 97)).astype(jnp.int32)
-    tokens = jnp.broadcast_to(tokens, (batch, size))
-    lengths = jnp.full((batch,), context, jnp.int32)
-    cache = lm.init_cache(params, batch, size)
-    return loop.SpecState(tokens=tokens, lengths=lengths, prompt_lengths=lengths, done=jnp.zeros((batch,), bool),
-                          cache=cache.rollback(lengths - 1), draft=None, key=jax.random.key(0),
-                          steps=jnp.zeros((), jnp.int32), stats=loop.SpecStats.zeros(batch, gamma))
+def context_tokens(batch: int, length: int, vocab: int) -> np.ndarray:
+    """[batch, length] ids of a repeating pattern: the committed text every timed call follows."""
+    return np.broadcast_to(np.arange(length) * 7 % min(vocab, 97), (batch, length)).astype(np.int32)
 
 
 class StepTimer:
@@ -47,19 +47,17 @@ class StepTimer:
     once; `measure` re-times them, so every benchmark point gets figures taken next to its own run
     (the machine is shared: a figure measured once at the start can be stale by the end)."""
 
-    def __init__(self, target, *, batch: int, size: int = 512, context: int = 256):
-        self.lm, self.params = LM.split(target.module)
-        self.batch, self.context = batch, context
-        lm = self.lm
+    def __init__(self, lm: LM, params, *, batch: int, size: int = SIZE, context: int = CONTEXT):
+        self.lm, self.params = lm, params
 
         @functools.partial(jax.jit, static_argnames=("T",))
-        def forward(params, cache, T):  # returns the cache too, as the decode loop does
-            tokens = jnp.ones((batch, T), jnp.int32)
-            positions = jnp.broadcast_to(context - 1 + jnp.arange(T), (batch, T))
-            return lm.apply(params, tokens, positions, cache)
+        def forward(params, cache, T):  # -> (logits, cache, taps), as the decode loop's passes
+            tokens_bt = jnp.ones((batch, T), jnp.int32)
+            positions_bt = jnp.broadcast_to(context - 1 + jnp.arange(T), (batch, T))
+            return lm.forward(params, tokens_bt, positions_bt, cache)
 
         self.forward = forward
-        self.cache = lm.init_cache(self.params, batch, size).rollback(jnp.full((batch,), context - 1))
+        self.cache = lm.init_cache(params, batch, size)  # slots are positions: any may be written
 
     def measure(self, gammas, repeats: int = 20) -> dict:
         """-> {"target_step_s": t1, "verify_s": {G: t}, "v": {G: t / t1}}."""
@@ -69,17 +67,24 @@ class StepTimer:
         return {"target_step_s": t1, "verify_s": verify, "v": {g: t / t1 for g, t in verify.items()}}
 
 
-def drafter_time(target, drafter, draft_params, *, batch: int, gamma: int, sampling: SamplingConfig,
-                 target_step_s: float, size: int = 512, context: int = 256, repeats: int = 20) -> dict:
-    """-> {"propose_s": t, "c": t / (G * target step)} for one drafter and G."""
-    lm, params = LM.split(target.module)
-    vocab = lm.config.vocab_size
-    state = _state(lm, params, batch, size, context, gamma, vocab)
-    state = state.replace(draft=drafter.init(draft_params, params, batch, size))
+def drafter_time(sampler: Sampler, *, batch: int, sampling: SamplingConfig, target_step_s: float,
+                 size: int = SIZE, context: int = CONTEXT, repeats: int = 20) -> dict:
+    """-> {"propose_s": t, "c": t / (G * target step)} for the sampler's drafter and G.
+
+    The state is the one the loop itself builds: `Decoder.start` over `context` prompt tokens
+    (the target's prefill, the drafter's `init` and `prefill`), so the drafter proposes from the
+    caches it would have mid-decode."""
+    gamma = sampler.gamma
+    dec = sampler.decoder(sampling=sampling, max_new_tokens=size - context - gamma - 2, prompt_len=context)
+    prompt_bp = context_tokens(batch, context, sampler.vocab_rows)
+    lengths_b = np.full((batch,), context, np.int32)
+    active_b = np.ones((batch,), bool)
+    params, draft_params = sampler.params, sampler.draft_params
+    state = jax.jit(dec.start)(params, draft_params, prompt_bp, lengths_b, active_b, jax.random.key(0))
 
     @jax.jit
-    def propose(draft_params, params, state):  # everything returned, so no draft work is dead code
-        return drafter.propose(draft_params, params, state, jax.random.key(1), gamma, sampling, None)
+    def propose(draft_params, params, state):  # proposal and updated state returned: no dead code
+        return loop.draft(dec, params, draft_params, state, jax.random.key(1))
 
     t = _median_time(propose, draft_params, params, state, repeats=repeats)
     return {"propose_s": t, "c": t / (gamma * target_step_s)}

@@ -1,8 +1,8 @@
 """Peers measured in the same run: transformers (PyTorch, CPU here) on the same model, prompts and lengths.
 
-  greedy       model.generate(do_sample=False)
-  prompt-lookup   model.generate(prompt_lookup_num_tokens=G)  (transformers' n-gram assisted generation)
-  assistant       model.generate(assistant_model=draft)        (a draft model in HF form: the target's
+  greedy          model.generate(do_sample=False)
+  prompt lookup   model.generate(prompt_lookup_num_tokens=G)  (transformers' n-gram assisted generation)
+  assistant       model.generate(assistant_model=draft)       (a draft model in HF form: the target's
                   first K layers, the same draft specjax's `model:truncate:K` uses)
 
 Timing: one warm-up call per prompt, then `repeats` timed calls; the median over repeats of total
@@ -37,6 +37,9 @@ def truncated_copy(model, layers: int):
 
 
 def measure_generate(model, prompts_ids: list[list[int]], *, max_new_tokens: int, repeats: int, **kwargs) -> dict:
+    """`model.generate` on each prompt (batch 1), greedy, `repeats` times after a warm-up ->
+    {"tokens_per_s": median, "tokens_per_s_runs": per repeat, "tokens": emitted in one repeat}.
+    kwargs go to `generate` (prompt lookup, assistant model)."""
     import torch
 
     def run(ids):
@@ -48,7 +51,7 @@ def measure_generate(model, prompts_ids: list[list[int]], *, max_new_tokens: int
 
     for ids in prompts_ids:  # warm-up
         run(ids)
-    per_repeat = []
+    per_repeat, tokens = [], 0
     for _ in range(repeats):
         tokens, seconds = 0, 0.0
         for ids in prompts_ids:
@@ -56,4 +59,4 @@ def measure_generate(model, prompts_ids: list[list[int]], *, max_new_tokens: int
             tokens += run(ids)
             seconds += time.perf_counter() - start
         per_repeat.append(tokens / seconds)
-    return {"tokens_per_s": statistics.median(per_repeat), "tokens_per_s_runs": per_repeat}
+    return {"tokens_per_s": statistics.median(per_repeat), "tokens_per_s_runs": per_repeat, "tokens": tokens}

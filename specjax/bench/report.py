@@ -6,6 +6,9 @@ import os
 import re
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
+
+DPI = 80
 
 
 def _f(x, fmt=".2f", dash="-"):
@@ -79,22 +82,23 @@ def markdown(results: dict, out_dir: Path, link_base: Path | None = None) -> str
     return "\n".join(lines) + "\n"
 
 
-def plots(results: dict, out_dir: Path) -> list[Path]:
+def figures(results: dict) -> dict[str, Any]:
+    """The plots of `results` as matplotlib figures, by file stem (only those with data to show):
+    speedup_vs_gamma, acceptance_by_position, predicted_vs_measured, speedup_vs_batch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir)
-    written = []
+    out: dict[str, Any] = {}
     points = [p for p in results["points"] if p["drafter"] != "autoregressive"]
     if points:
         keys = sorted({(p["suite"], p["sampling"]) for p in points})
         fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
         for ax, (suite, sampling) in zip(axes[0], keys):
             for drafter in sorted({p["drafter"] for p in points}):
-                ps = sorted((p for p in points if (p["suite"], p["sampling"], p["drafter"]) == (suite, sampling, drafter)),
-                            key=lambda p: p["gamma"])
+                here = [p for p in points if (p["suite"], p["sampling"], p["drafter"]) == (suite, sampling, drafter)]
+                ps = sorted(here, key=lambda p: p["gamma"])
                 ax.plot([p["gamma"] for p in ps], [p["speedup"] for p in ps], marker="o", label=drafter)
             ax.axhline(1.0, color="grey", lw=0.8, ls="--")
             ax.set_title(f"{suite}, {sampling}", fontsize=9)
@@ -102,7 +106,7 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
             ax.set_ylabel("speedup over autoregressive")
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
-        written.append(_save(fig, out_dir / "speedup_vs_gamma.png"))
+        out["speedup_vs_gamma"] = fig
 
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
         for drafter in sorted({p["drafter"] for p in points}):
@@ -118,7 +122,7 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
         ax.set_ylim(0, 1.05)
         ax.legend(fontsize=6)
         fig.tight_layout()
-        written.append(_save(fig, out_dir / "acceptance_by_position.png"))
+        out["acceptance_by_position"] = fig
 
         pred = [p for p in points if p.get("predicted_speedup") is not None]
         if pred:
@@ -134,7 +138,7 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
             ax.set_ylabel("measured decode speedup")
             ax.legend(fontsize=6)
             fig.tight_layout()
-            written.append(_save(fig, out_dir / "predicted_vs_measured.png"))
+            out["predicted_vs_measured"] = fig
     if results.get("batch_sweep"):
         bs = results["batch_sweep"]
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
@@ -145,16 +149,21 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
         ax.set_ylabel("speedup over autoregressive")
         ax.set_title(f"{bs[0]['drafter']}, G={bs[0]['gamma']}", fontsize=9)
         fig.tight_layout()
-        written.append(_save(fig, out_dir / "speedup_vs_batch.png"))
-    return written
+        out["speedup_vs_batch"] = fig
+    return out
 
 
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=80)
+def plots(results: dict, out_dir: Path) -> list[Path]:
+    """Write every figure of `results` to OUT_DIR/STEM.png (DPI dots per inch) -> the paths."""
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
-    return path
+    written = []
+    for stem, fig in figures(results).items():
+        path = Path(out_dir) / f"{stem}.png"
+        fig.savefig(path, dpi=DPI)
+        plt.close(fig)
+        written.append(path)
+    return written
 
 
 def refresh_section(file: Path, section: str, body: str) -> None:

@@ -1,20 +1,31 @@
-"""Measure one benchmark point: a target, a drafter (or none), G, batch size, sampling, prompts.
+"""Measure one benchmark point: a `Sampler` (target, drafter or none, G), batch size, sampling, prompts.
 
 Timing rules (BENCHMARKS.md relies on them): the first call of every compiled program is a warm-up
 that also measures compile time; only later calls are timed, each with `block_until_ready`; the
 figure reported is the median over repeats. Tokens per second counts emitted tokens of real
 (non-padding) rows, over the wall time of the whole jitted generate call (prefill included).
+
+Time to first token (`ttft_ms`) is the `start` half of the very programs `measure` runs: placing
+the inputs, the prefill of the target (and of the drafter) and the first token.
+
+Speculation statistics are `specjax.metrics.summarize` over every row of every timed call.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 
-from specjax import api
+from specjax import metrics
+from specjax import sharding as shd
 from specjax.config import SamplingConfig
+from specjax.sampler import Sampler, encode_prompts, pad_batch
+
+COUNTERS = ("rounds", "drafted", "accepted", "accepted_at", "reached_at")
 
 
 def batches(prompts: Sequence, batch: int) -> list[list]:
@@ -22,61 +33,69 @@ def batches(prompts: Sequence, batch: int) -> list[list]:
     out = []
     for i in range(0, len(prompts), batch):
         group = list(prompts[i:i + batch])
-        while len(group) < batch:
-            group.append(prompts[len(group) % len(prompts)])
+        group += [prompts[j % len(prompts)] for j in range(batch - len(group))]
         out.append(group)
     return out
 
 
-def measure(target, prompts: Sequence, *, draft=None, gamma: int = 4, batch: int = 1,
-            sampling: SamplingConfig | None = None, max_new_tokens: int = 64, repeats: int = 3,
-            chat: bool = False, seed: int = 0, eos_ids=None) -> dict[str, Any]:
+def measure(sampler: Sampler, prompts: Sequence, *, batch: int = 1, sampling: SamplingConfig | None = None,
+            max_new_tokens: int = 64, repeats: int = 3, chat: bool = False, seed: int = 0) -> dict[str, Any]:
     """Run every batch of `prompts` `repeats` times (after one warm-up) -> a dict of figures."""
     sampling = sampling or SamplingConfig()
     groups = batches(prompts, batch)
-    kwargs = dict(draft=draft, gamma=gamma, sampling=sampling, max_new_tokens=max_new_tokens, chat=chat,
-                  eos_ids=eos_ids)
-    compile_s, runs = 0.0, []
-    accepted = reached = rounds = emitted = 0
-    by_pos_acc: list[float] = []
-    by_pos_reached: list[float] = []
+    call = dict(sampling=sampling, max_new_tokens=max_new_tokens, chat=chat)
+    compile_s = 0.0
+    seconds = np.zeros((repeats, len(groups)))
+    tokens = np.zeros((repeats, len(groups)), np.int64)
+    rows: dict[str, list] = {name: [] for name in (*COUNTERS, "new_tokens")}
     for g, group in enumerate(groups):
-        warm = api.generate(target, group, seed=seed, **kwargs)
-        compile_s += warm.timing["compile_s"]
+        compile_s += sampler(group, seed=seed, **call).timing["compile_s"]
         for r in range(repeats):
-            res = api.generate(target, group, seed=seed + 1 + r, **kwargs)
-            tokens = sum(res.stats["new_tokens"])
-            runs.append((g, res.timing["run_s"], tokens))
-            s = res.stats
-            if draft is not None:
-                acc_at = np.asarray(s["accepted_at"]).sum(0)
-                reach = np.asarray(s["reached_at"]).sum(0)
-                accepted += int(acc_at.sum())
-                reached += int(reach.sum())
-                rounds += sum(s["rounds"])
-                emitted += tokens - len(group)  # the prefill's first token is not a round's
-                by_pos_acc = list(np.add(by_pos_acc, acc_at)) if by_pos_acc else list(acc_at)
-                by_pos_reached = list(np.add(by_pos_reached, reach)) if by_pos_reached else list(reach)
-    # per repeat: total tokens and time over all groups
-    per_repeat = []
-    for r in range(repeats):
-        rows = [runs[g * repeats + r] for g in range(len(groups))]
-        per_repeat.append((sum(x[1] for x in rows), sum(x[2] for x in rows)))
+            res = sampler(group, seed=seed + 1 + r, **call)
+            seconds[r, g], tokens[r, g] = res.timing["run_s"], sum(res.stats["new_tokens"])
+            for name in rows:
+                rows[name] += res.stats.get(name, [])
+    per_repeat = list(zip(seconds.sum(1).tolist(), tokens.sum(1).tolist()))  # all groups of one repeat
     tps = [tok / sec for sec, tok in per_repeat]
-    lat = [sec / tok * 1000 * batch for sec, tok in per_repeat]  # ms per token of one sequence
     out = {
-        "run_s": statistics.median(sec for sec, _ in per_repeat),  # all groups of one repeat
+        "run_s": statistics.median(sec for sec, _ in per_repeat),
         "tokens": per_repeat[0][1],
         "groups": len(groups),
         "tokens_per_s": statistics.median(tps),
         "tokens_per_s_runs": tps,
-        "latency_ms_per_token": statistics.median(lat),
+        "latency_ms_per_token": statistics.median(sec / tok * 1000 * batch for sec, tok in per_repeat),
         "compile_s": compile_s,
-        "batch": batch, "gamma": gamma if draft is not None else 0, "max_new_tokens": max_new_tokens,
+        "batch": batch, "gamma": sampler.gamma, "max_new_tokens": max_new_tokens,
         "prompts": len(prompts), "repeats": repeats,
     }
-    if draft is not None:
-        out["acceptance_rate"] = accepted / reached if reached else None
-        out["mean_tokens_per_round"] = emitted / rounds if rounds else None
-        out["acceptance_by_position"] = [float(a / r) if r else None for a, r in zip(by_pos_acc, by_pos_reached)]
+    if sampler.drafter is not None:
+        emitted = np.maximum(np.asarray(rows["new_tokens"]) - 1, 0)  # the prefill's first token is not a round's
+        summary = metrics.summarize(*(rows[name] for name in COUNTERS), emitted)
+        out.update({k: summary[k] for k in ("acceptance_rate", "accepted_per_drafted", "mean_tokens_per_round",
+                                            "acceptance_by_position")})
     return out
+
+
+def ttft_ms(sampler: Sampler, prompts: Sequence, *, batch: int = 1, sampling: SamplingConfig | None = None,
+            max_new_tokens: int = 64, repeats: int = 3, chat: bool = False, seed: int = 0) -> float:
+    """Time to first token in ms: the median over the batches of `prompts` and `repeats` of the
+    compiled program's `start` alone, for the programs `measure` with the same settings runs (so
+    nothing new compiles); a warm-up call first."""
+    sampling = sampling or SamplingConfig()
+    runs = []
+    for group in batches(prompts, batch):
+        prompt_bp, lengths_b, active_b = pad_batch(encode_prompts(sampler.tokenizer, group, chat=chat))
+        decoder = sampler.decoder(sampling=sampling, max_new_tokens=max_new_tokens, prompt_len=prompt_bp.shape[1])
+        program, _ = sampler.program(decoder, prompt_bp.shape)
+        args = (sampler.params, sampler.draft_params, prompt_bp, lengths_b, active_b, jax.random.key(seed))
+        shardings = (program.param_shardings, program.draft_param_shardings, *program.input_shardings)
+
+        def start():  # `Program.__call__` up to its `run`
+            return jax.block_until_ready(program.start(*shd.place(args, shardings)))
+
+        start()
+        for _ in range(max(1, repeats)):
+            began = time.perf_counter()
+            start()
+            runs.append(time.perf_counter() - began)
+    return statistics.median(runs) * 1000
