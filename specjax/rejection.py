@@ -123,10 +123,12 @@ def accept_given_uniforms(u_bg: jax.Array, key_next: jax.Array, draft_bg: jax.Ar
 
     p_n_bv = jnp.take_along_axis(p_bg1v, n_b[:, None, None], axis=1)[:, 0]
     at_b = jnp.minimum(n_b, G - 1)  # the rejected position (unused when n == G)
+    draft_at_b = jnp.take_along_axis(draft_bg, at_b[:, None], axis=1)[:, 0]
     if q_bgv is None:  # one_hot(-1) is all zeros: an absent proposal leaves p untouched
-        q_n_bv = jax.nn.one_hot(jnp.take_along_axis(draft_bg, at_b[:, None], axis=1)[:, 0], p_bg1v.shape[-1])
-    else:
-        q_n_bv = jnp.take_along_axis(q_bgv, at_b[:, None, None], axis=1)[:, 0]
+        q_n_bv = jax.nn.one_hot(draft_at_b, p_bg1v.shape[-1])
+    else:  # whatever q a drafter left at an absent slot, nothing was drawn from it: q is zero there
+        q_n_bv = jnp.where((draft_at_b >= 0)[:, None], jnp.take_along_axis(q_bgv, at_b[:, None, None], axis=1)[:, 0],
+                           0.0)
     dist_bv = jnp.where((n_b == G)[:, None], p_n_bv, residual(p_n_bv, q_n_bv))
     next_b = jax.random.categorical(key_next, jnp.log(dist_bv), axis=-1).astype(jnp.int32)
     return n_b, next_b

@@ -83,6 +83,8 @@ COMPILED = CompiledCache()
 
 def encode_prompts(tokenizer, prompts: Sequence, *, chat: bool) -> list[list[int]]:
     """Text prompts (or lists of token ids) -> lists of token ids; a single prompt may be given bare."""
+    if isinstance(prompts, np.ndarray):
+        prompts = prompts.tolist()
     if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
         prompts = [prompts]
     if not prompts:
@@ -119,7 +121,8 @@ def pad_batch(prompts: list[list[int]], pad_id: int = 0):
 
 
 def one_device_mesh():
-    return shd.make_mesh(1, 1, devices=jax.devices()[:1])
+    """This process's first device (with several processes and no mesh, each decodes on its own)."""
+    return shd.make_mesh(1, 1, devices=jax.local_devices()[:1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +166,9 @@ def compile_program(decoder: Decoder, params, draft_params, prompt_shape: tuple[
     draft_a = abstract(draft_params, d_sh) if draft_params is not None else None
     inputs_a = tuple(abstract(a, s) for a, s in zip(args, in_sh))
     state_shape = jax.eval_shape(decoder.start, params_a, draft_a, *inputs_a)
-    state_sh = shd.tree_shardings(state_shape, mesh, rules, plan)
+    # the drafter's state (e.g. a draft model's cache) follows the drafter's rules, the rest the target's
+    state_sh = shd.tree_shardings(state_shape.replace(draft=None), mesh, rules, plan).replace(
+        draft=shd.tree_shardings(state_shape.draft, mesh, draft_rules, plan))
     start_c = jax.jit(decoder.start, in_shardings=(p_sh, d_sh, *in_sh), out_shardings=state_sh).lower(
         params_a, draft_a, *inputs_a).compile()
     run_c = jax.jit(decoder.run, in_shardings=(p_sh, d_sh, state_sh), out_shardings=state_sh,
@@ -197,7 +202,9 @@ class Sampler:
             eos_ids = tuple(self.tokenizer.eos_ids) if self.tokenizer is not None else ()
         self.eos_ids = tuple(int(e) for e in eos_ids)
         self.mesh = mesh if mesh is not None else one_device_mesh()
-        self.rules, self.draft_rules = rules, draft_rules
+        # hashable and order-free, for the compile cache key
+        self.rules = None if rules is None else tuple(dict(rules).items())
+        self.draft_rules = None if draft_rules is None else tuple(dict(draft_rules).items())
         module = shd.prepare_for_mesh(target.module, self.mesh)
         self.lm, self.params = LM.split(module)
         self.vocab_rows = self.lm.config.vocab_size

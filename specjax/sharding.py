@@ -179,6 +179,8 @@ def place(tree, shardings):
 def prepare_for_mesh(module, mesh: Mesh):
     """Repeat kv heads up to the `model` axis when the model has fewer (GQA), so they can be sharded."""
     m = mesh.shape["model"]
+    if m == 1 or not hasattr(module, "with_kv_heads"):
+        return module
     cfg = module.config
     k = cfg.num_kv_heads
     if m > k and m % k == 0 and cfg.num_heads % m == 0 and hasattr(module, "with_kv_heads"):

@@ -37,6 +37,8 @@ def test_cli_errors_are_clean(capsys):
     assert main(["generate", "--target", "no-such-model", "--drafter", "ngram:x", "--prompt", "x"]) == 2
     err = capsys.readouterr().err
     assert "'ngram:x'" in err and "no-such-model" not in err
+    assert main(["generate", "--target", "t", "--draft", "d", "--drafter", "ngram:2", "--prompt", "x"]) == 2
+    assert "both name a drafter" in capsys.readouterr().err
 
 
 def test_generate_with_draft_model_reports_statistics(hf_dir, capsys):

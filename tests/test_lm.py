@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -50,6 +51,17 @@ def test_taps_are_the_inputs_of_the_named_blocks(model):
 def test_taps_change_nothing_else_and_cost_nothing_when_absent(model):
     lm, params = model
     cache = lm.init_cache(params, 2, 6)
+
+    def cost(fn):
+        analysis = jax.jit(fn).lower(params, cache).compile().cost_analysis()
+        return analysis["flops"], analysis["bytes accessed"]
+
+    plain_flops, plain_bytes = cost(lambda p, c: lm.module(p)(TOKENS, POSITIONS, c))
+    flops, nbytes = cost(lambda p, c: lm.forward(p, TOKENS, POSITIONS, c))
+    tap_bytes = 2 * 2 * 6 * 32 * 4  # what two [B=2, T=6, D=32] float32 taps weigh
+    assert flops == plain_flops and abs(nbytes - plain_bytes) < tap_bytes / 16
+    _, tapped_bytes = cost(lambda p, c: lm.forward(p, TOKENS, POSITIONS, c, taps=(1, 2)))
+    assert tapped_bytes >= plain_bytes + tap_bytes  # the measure does see taps when there are some
     a_logits, a_cache, none = lm.forward(params, TOKENS, POSITIONS, cache)
     b_logits, b_cache, _ = lm.forward(params, TOKENS, POSITIONS, cache, taps=(1, 2))
     assert none.shape == (0, 2, 6, 32)

@@ -14,6 +14,8 @@ from conftest import perturbed, tiny_lm
 from specjax import api, loop, sampler
 from specjax.config import DecodeConfig, SamplingConfig
 from specjax.drafters import ModelDrafter, Stateless, registry
+from specjax.errors import ConfigError
+from specjax.rejection import Proposal
 from specjax.lm import LM
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], list(range(10, 30)), [42], [5, 6, 7, 8, 5, 6, 7, 8, 5, 6]]
@@ -234,3 +236,51 @@ def test_observe_receives_the_verified_round_and_the_targets_features(inner, sam
                 else:  # cut by the budget: only the committed part is the target's
                     assert agree[:c - 1].all()
     assert checked > 40
+
+
+@dataclasses.dataclass(frozen=True)
+class Abstainer(Stateless):
+    """Never proposes anything: every round is the verify pass's one-token branch."""
+
+    name: str = "abstainer"
+    may_abstain: bool = True
+
+    def propose(self, draft_params, target_params, state, key, gamma, sampling, vocab_size):
+        return Proposal(jnp.full((state.tokens.shape[0], gamma), -1, jnp.int32)), state
+
+
+@pytest.mark.parametrize("sampling", [SamplingConfig(), SamplingConfig(temperature=1.0)], ids=["greedy", "sampled"])
+def test_abstaining_rounds_still_show_the_drafter_the_newest_tokens_features(sampling):
+    target = tiny_lm(0, layers=3, scale=0.04)
+    lm, params = LM.split(target.module)
+    state = _decode(target, Recorder(inner=Abstainer(), taps=TAPS, gamma=3, dim=lm.config.dim), sampling, max_new=12)
+    ar = api.generate(target, PROMPTS, max_new_tokens=12, sampling=sampling)
+    if sampling.greedy:
+        plen, lengths = np.asarray(state.prompt_lengths), np.asarray(state.lengths)
+        assert [np.asarray(state.tokens)[b, plen[b]:lengths[b]].tolist() for b in range(len(PROMPTS))] == ar.tokens
+    tokens_bs, lengths_b = np.asarray(state.tokens), np.asarray(state.lengths)
+    B, S = tokens_bs.shape
+    positions_bs = np.where(np.arange(S) < lengths_b[:, None], np.arange(S), -1)
+    _, _, taps_nbsd = lm.forward(params, jnp.asarray(tokens_bs), jnp.asarray(positions_bs), lm.init_cache(params, B, S),
+                                 taps=TAPS)
+    rec = jax.tree.map(np.asarray, state.draft)
+    assert int(rec["round"]) == 11  # one token per round after the prefill's
+    for r in range(11):
+        for b in range(len(PROMPTS)):
+            p0 = rec["positions"][r, b, 0]
+            assert rec["accepted"][r, b] == 0 and rec["committed"][r, b] == 1
+            np.testing.assert_allclose(rec["taps"][r, :, b, 0], np.asarray(taps_nbsd)[:, b, p0], rtol=1e-5, atol=1e-5)
+            assert rec["next"][r, b] == tokens_bs[b, p0 + 1]
+
+
+def test_decoder_settings_are_checked():
+    lm, _ = LM.split(tiny_lm(0, layers=3).module)
+    common = dict(lm=lm, sampling=SamplingConfig(), decode=DecodeConfig(max_new_tokens=4), size=32)
+    with pytest.raises(ConfigError, match=r"taps \(0, 4\).*\[0, 3\]"):
+        loop.Decoder(drafter=Recorder(inner=Abstainer(), taps=(0, 4), gamma=2, dim=32), gamma=2, **common)
+    with pytest.raises(ConfigError, match="distinct"):
+        loop.Decoder(drafter=Recorder(inner=Abstainer(), taps=(1, 1), gamma=2, dim=32), gamma=2, **common)
+    with pytest.raises(ConfigError, match="gamma must be an integer >= 1"):
+        loop.Decoder(drafter=Abstainer(), gamma=0, **common)
+    with pytest.raises(ConfigError, match="gamma must be 0 without a drafter"):
+        loop.Decoder(gamma=3, **common)

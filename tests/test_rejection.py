@@ -107,3 +107,33 @@ def test_no_nan_and_residual_sampling_frequencies():
     rejected = np.asarray(nxt)[np.asarray(n) == 0]
     assert set(np.unique(rejected)) <= {1, 2}
     assert abs((rejected == 1).mean() - 2 / 3) < 0.03
+
+
+def test_an_absent_proposal_leaves_p_untouched_whatever_q_the_drafter_left_there():
+    # row proposes nothing (-1) but its q slot holds leftovers: the next token must come from p itself
+    p = _p([0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25])
+    q = jnp.asarray([[[0.9, 0.1, 0.0, 0.0]]])
+    keys = jax.random.split(KEY, 4000)
+    nxt = jax.vmap(lambda k: accept_given_uniforms(jnp.asarray([[0.5]]), k, jnp.asarray([[-1]]), q, p)[1][0])(keys)
+    share_of_1 = float(np.mean(np.asarray(nxt) == 1))
+    assert 0.45 < share_of_1 < 0.55, f"the next token follows the leftover q, not p (P(1) = {share_of_1:.3f})"
+
+
+def test_accept_warps_the_target_and_returns_the_emitted_block():
+    from specjax.config import SamplingConfig
+    from specjax.rejection import Proposal, accept, verdict
+
+    logits = jnp.log(jnp.asarray([[[0.1, 0.7, 0.2], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]]]))  # [1, G+1=3, V=3]
+    # greedy: proposals [1, 2] against argmaxes [1, 0, 2] -> the first is accepted, then argmax 0
+    v = accept(KEY, Proposal(jnp.asarray([[1, 2]])), logits, SamplingConfig())
+    assert int(v.accepted[0]) == 1 and v.tokens.tolist() == [[1, 0, 0]] and int(v.count[0]) == 2
+    assert v.proposed.tolist() == [[True, True]]
+    # ids >= vocab_size are masked before the argmax: with V = 2, position 2's argmax is 0 or 1
+    v = accept(KEY, Proposal(jnp.asarray([[1, 0]])), logits, SamplingConfig(), vocab_size=2)
+    assert int(v.accepted[0]) == 2 and v.tokens[0, 2] in (0, 1)
+    # sampled with top-k 1 is the argmax again, through the warped target
+    v = accept(KEY, Proposal(jnp.asarray([[1, 2]]), None), logits, SamplingConfig(temperature=1.0, top_k=1))
+    assert int(v.accepted[0]) == 1 and v.tokens.tolist() == [[1, 0, 0]]
+    # the block for a hand-made decision
+    b = verdict(Proposal(jnp.asarray([[4, 5, -1]])), jnp.asarray([2]), jnp.asarray([7]))
+    assert b.tokens.tolist() == [[4, 5, 7, 7]] and b.proposed.tolist() == [[True, True, False]]

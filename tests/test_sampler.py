@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import perturbed, tiny_lm
 
-from specjax import api, sampler
+from specjax import api, loop, sampler
 from specjax.config import SamplingConfig
 from specjax.errors import ConfigError
 
@@ -49,13 +49,16 @@ def test_sampler_checks_gamma_and_prompt_ids(target):
         sampler.Sampler(target)([[1, 64]])
 
 
-def test_one_sampler_serves_many_calls_and_matches_generate(target):
+def test_one_sampler_serves_many_calls_and_matches_the_pure_loop(target):
+    """The compiled, placed, donated program gives what `loop.generate` (a plain jit) gives."""
     s = sampler.Sampler(target, "layerskip:1", gamma=3)
-    a = s([[1, 2, 3]], max_new_tokens=8)
-    b = s([[4, 5, 6, 7]], max_new_tokens=8, sampling=SamplingConfig(temperature=0.9), seed=3)
-    assert a.tokens == api.generate(target, [[1, 2, 3]], draft="layerskip:1", gamma=3, max_new_tokens=8).tokens
-    assert b.tokens == api.generate(target, [[4, 5, 6, 7]], draft="layerskip:1", gamma=3, max_new_tokens=8,
-                                    sampling=SamplingConfig(temperature=0.9), seed=3).tokens
+    for prompts, cfg, seed in (([[1, 2, 3]], SamplingConfig(), 0), ([[4, 5, 6, 7], [8]], SamplingConfig(temperature=0.9), 3)):
+        got = s(prompts, max_new_tokens=8, sampling=cfg, seed=seed)
+        prompt_bp, lengths_b, active_b = sampler.pad_batch(prompts)
+        decoder = s.decoder(sampling=cfg, max_new_tokens=8, prompt_len=prompt_bp.shape[1])
+        state = loop.generate(decoder, s.params, s.draft_params, prompt_bp, lengths_b, active_b, jax.random.key(seed))
+        want = [np.asarray(state.tokens)[i, len(p):int(state.lengths[i])].tolist() for i, p in enumerate(prompts)]
+        assert got.tokens == want
 
 
 def test_the_decode_state_is_donated_to_the_loop(target):

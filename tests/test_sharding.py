@@ -79,6 +79,11 @@ def test_meshes_give_single_device_tokens(target, single_device, mesh_shape, dra
     # sharding; only the summation order of sharded matmuls differs (~1e-7), which would change a
     # sample only if it moved a Gumbel-max comparison across a tie.
     assert sampled.tokens == ref[drafter + "-sampled"]
+    if drafter == "model" and mesh_shape == (2, 4):  # the draft model's cache follows the replicating draft rules
+        program = next(p for p in sampler.COMPILED.table.values()
+                       if p.mesh is mesh and p.decoder.drafter is not None and p.decoder.drafter.name == "model")
+        assert program.run.output_shardings.draft.k.spec == P(None, "data", None, None, None)
+        assert program.run.output_shardings.cache.k.spec == P(None, "data", None, "model", None)
 
 
 def test_params_and_caches_are_really_split(target):

@@ -29,6 +29,10 @@ Methods, in the order the loop calls them:
         after every round: what the target verified (its input tokens and positions, its taps at
         those positions), how many proposals each row accepted and how many tokens it committed.
 
+A drafter's state is any pytree. To be sharded over a mesh, its arrays must be declared: a node
+with a `logical_axes()` method (like `KVCache`) names the logical axes of its arrays; undeclared
+arrays are replicated (see `specjax.sharding.logical_axes`).
+
 The proposal's `q` must be the distribution each proposal was actually drawn from, warped exactly as
 the target will be (`draw` does both); None declares point masses (greedy drafters, lookup). A
 proposal of -1 means "no proposal" (only when `may_abstain`); everything after it in the row must be
@@ -62,14 +66,24 @@ class TargetPrefill:
 
 @struct.dataclass
 class Observation:
-    """What one round verified and decided, handed to `Drafter.observe`."""
+    """What one round verified and decided, handed to `Drafter.observe`.
+
+    Per row b, entries 0 .. committed[b] - 1 of `tokens`, `positions` and `taps` belong to tokens
+    that are now in the buffer (the newest token of the last round, then the accepted proposals);
+    the rest are rejected or cut proposals. When the drafter may abstain and no row proposed
+    anything, the target ran a one-token step: then only entry 0 of `taps` holds features (the rest
+    is zero padding), and only entry 0 can be committed anyway.
+    """
 
     tokens: jax.Array  # [B,G+1] the verify pass's input: the newest committed token, then the G proposals
+    proposed: jax.Array  # [B,G] which proposals existed (absent ones are fed to the target as token 0)
     positions: jax.Array  # [B,G+1] their positions (-1 for rows that were already done)
     taps: jax.Array  # [n,B,G+1,D] the target's tapped hidden states at those positions
     accepted: jax.Array  # [B] proposals accepted by the rule (0 for rows that were already done)
-    committed: jax.Array  # [B] tokens appended to the buffer (accepted + 1, fewer when EOS or the budget cut it)
-    next_tokens: jax.Array  # [B] the token the rule drew at position `accepted` (the last one emitted)
+    committed: jax.Array  # [B] tokens appended to the buffer (accepted + 1, fewer when EOS or the budget cut
+    #                       the block, 0 for rows that were already done)
+    next_tokens: jax.Array  # [B] the token the rule drew after the accepted proposals (-1 for done rows); it
+    #                         is in the buffer when committed == accepted + 1
 
 
 class Drafter(Protocol):

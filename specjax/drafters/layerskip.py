@@ -14,9 +14,10 @@ Two ways to give the draft its keys and values, both implemented (`cache="shared
   tokens (a T = 2 step), as a separate draft model would be. Costs K/L of the target's cache memory,
   a prefill over the prompt and one extra token of work per round.
 
-Measured on SmolLM2-135M-Instruct (BENCHMARKS.md, "layer skip: shared or own cache"): with the same
-blocks, acceptance is the same for a prefix and the shared cache is faster per round, so it is the
-default. Exactness holds either way: the rule only needs the distribution the proposals came from.
+Measured on SmolLM2-135M-Instruct (BENCHMARKS.md, "Layer skip: sharing the target's cache or keeping
+its own"): with the same blocks, acceptance is the same for a prefix and the shared cache is faster
+per round, so it is the default. Exactness holds either way: the rule only needs the distribution
+the proposals came from.
 """
 
 from __future__ import annotations
