@@ -190,6 +190,9 @@ def test_config_is_checked_before_loading(tmp_path):
     assert "'nope'" in bad(suites=["nope"])
     assert "0" in bad(gammas=[0])
     assert "'layer:3'" in bad(batch_sweep={"drafter": "layer:3"})
+    assert "unknown keys ['temp']" in bad(sampling=[{"temp": 0.7}])  # not silently greedy
+    assert "unknown keys ['gama']" in bad(peers={"transformers": True, "gama": 2})
+    assert "temperature must be >= 0" in bad(sampling=[{"temperature": -1.0}])
     path = tmp_path / "short.yaml"
     path.write_text("target: x\ngammas: [2]\n")
     with pytest.raises(ConfigError, match="drafters"):

@@ -71,7 +71,19 @@ class BenchConfig:
     name: str = "bench"
 
     def __post_init__(self):
-        """Refuse a bad drafter string, G or suite name before any model is loaded."""
+        """Refuse a bad drafter string, G, suite name, sampling setting or a mistyped key of a
+        nested table before any model is loaded."""
+        for table, value, allowed in (("sampling", None, SAMPLING_KEYS), ("peers", self.peers, PEER_KEYS),
+                                      ("batch_sweep", self.batch_sweep, SWEEP_KEYS),
+                                      ("markdown", self.markdown, MARKDOWN_KEYS)):
+            for entry in self.sampling if value is None else [value]:
+                if not isinstance(entry, dict):
+                    raise ConfigError(f"{table}: expected a mapping, got {entry!r}")
+                unknown = sorted(set(entry) - allowed)
+                if unknown:
+                    raise ConfigError(f"{table}: unknown keys {unknown} in {entry!r}; known: {sorted(allowed)}")
+        for s in self.sampling:
+            SamplingConfig.make(s.get("temperature", 0.0), s.get("top_k"), s.get("top_p"))  # range checks
         sweep = self.batch_sweep
         if sweep and "drafter" not in sweep:
             raise ConfigError("batch_sweep needs a 'drafter'")
@@ -101,6 +113,12 @@ class BenchConfig:
             raise ConfigError(f"{path}: missing keys {missing}")
         data.setdefault("name", Path(path).stem)
         return cls(**data)
+
+
+SAMPLING_KEYS = frozenset({"temperature", "top_k", "top_p"})
+PEER_KEYS = frozenset({"transformers", "gamma", "repeats"})
+SWEEP_KEYS = frozenset({"drafter", "gamma", "batches", "max_new_tokens", "suite", "repeats"})
+MARKDOWN_KEYS = frozenset({"file", "section"})
 
 
 def sampling_label(s: dict) -> str:
