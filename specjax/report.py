@@ -46,6 +46,16 @@ def memory_report(target, draft=None, *, batch: int = 1, length: int = 2048, loa
     return memory(lm, params, resolved.drafter, resolved.params, batch=batch, length=length)
 
 
+COUNTERS = ("rounds", "drafted", "accepted", "accepted_at", "reached_at")  # the per-row fields of SpecStats
+
+
+def summarize_rounds(counters: dict, new_tokens) -> dict[str, Any]:
+    """`metrics.summarize` of per-row speculation counters (`COUNTERS`) and new tokens per row; the
+    prefill's first token is not a round's, so each row's rounds emitted new_tokens - 1 tokens."""
+    emitted = np.maximum(np.asarray(new_tokens) - 1, 0)
+    return metrics.summarize(*(counters[name] for name in COUNTERS), emitted)
+
+
 def statistics(state, rows: int, *, speculative: bool) -> dict[str, Any]:
     """Counters of a finished decode state (host numpy arrays) for its first `rows` rows -> a dict:
     new tokens per row, target forward passes, and for speculative decoding `metrics.summarize`."""
@@ -53,8 +63,6 @@ def statistics(state, rows: int, *, speculative: bool) -> dict[str, Any]:
     new_tokens = (lengths - plen)[:rows].astype(int).tolist()
     stats: dict[str, Any] = {"new_tokens": new_tokens, "target_forward_passes": int(state.steps) + 1}
     if speculative:
-        s = state.stats
-        emitted = np.maximum(lengths - plen - 1, 0)  # the prefill's first token is not a round's
-        stats.update(metrics.summarize(s.rounds, s.drafted, s.accepted, s.accepted_at, s.reached_at, emitted,
-                                       rows=rows))
+        counters = {name: np.asarray(getattr(state.stats, name))[:rows] for name in COUNTERS}
+        stats.update(summarize_rounds(counters, new_tokens))
     return stats

@@ -138,11 +138,14 @@ class Program:
     input_shardings: tuple
     plan: shd.Plan
 
+    def place(self, params, draft_params, prompt_bp, lengths_b, active_b, key) -> tuple:
+        """The arguments of `start`, on their shardings (no copy for arrays already there)."""
+        return shd.place((params, draft_params, prompt_bp, lengths_b, active_b, key),
+                         (self.param_shardings, self.draft_param_shardings, *self.input_shardings))
+
     def __call__(self, params, draft_params, prompt_bp, lengths_b, active_b, key):
-        inputs = shd.place((params, draft_params, prompt_bp, lengths_b, active_b, key),
-                           (self.param_shardings, self.draft_param_shardings, *self.input_shardings))
-        state = self.start(*inputs)
-        return self.run(inputs[0], inputs[1], state)
+        inputs = self.place(params, draft_params, prompt_bp, lengths_b, active_b, key)
+        return self.run(inputs[0], inputs[1], self.start(*inputs))
 
 
 def compile_program(decoder: Decoder, params, draft_params, prompt_shape: tuple[int, int], mesh, *,
@@ -219,6 +222,7 @@ class Sampler:
             if resolved.vocab_limit is not None:
                 limit, rows = min(limit, resolved.vocab_limit), max(rows, resolved.rows or rows)
         self.vocab_limit = limit if limit < rows else None
+        self._memory: dict[tuple[int, int], dict] = {}  # (batch, size) -> report.memory
 
     def decoder(self, *, sampling: SamplingConfig, max_new_tokens: int, prompt_len: int) -> Decoder:
         """The static decoder for these settings and this prompt bucket."""
@@ -251,9 +255,15 @@ class Sampler:
         jax.block_until_ready(state.tokens)
         run_s = time.perf_counter() - started
         result = self._result(state, ids, compile_s, run_s)
-        result.stats["memory"] = report.memory(self.lm, self.params, self.drafter, self.draft_params,
-                                               batch=prompt_bp.shape[0], length=decoder.size)
+        result.stats["memory"] = self.memory(batch=prompt_bp.shape[0], length=decoder.size)
         return result
+
+    def memory(self, *, batch: int, length: int) -> dict:
+        """`report.memory` of this target and drafter, computed once per (batch, length)."""
+        if (batch, length) not in self._memory:
+            self._memory[batch, length] = report.memory(self.lm, self.params, self.drafter, self.draft_params,
+                                                        batch=batch, length=length)
+        return dict(self._memory[batch, length])
 
     def _result(self, state, ids, compile_s: float, run_s: float) -> GenerateResult:
         n = len(ids)

@@ -29,7 +29,6 @@ from ..tokenizer import Tokenizer
 
 try:  # the runtime dependency; imported lazily by callers that never touch GGUF
     import gguf
-    from gguf import GGMLQuantizationType as Q
 except ImportError:  # pragma: no cover - gguf is a declared dependency
     gguf = None
 

@@ -8,7 +8,8 @@ figure reported is the median over repeats. Tokens per second counts emitted tok
 Time to first token (`ttft_ms`) is the `start` half of the very programs `measure` runs: placing
 the inputs, the prefill of the target (and of the drafter) and the first token.
 
-Speculation statistics are `specjax.metrics.summarize` over every row of every timed call.
+Speculation statistics are `specjax.report.summarize_rounds` (`metrics.summarize`) over every row
+of every timed call.
 """
 
 from __future__ import annotations
@@ -20,12 +21,9 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from specjax import metrics
-from specjax import sharding as shd
 from specjax.config import SamplingConfig
+from specjax.report import COUNTERS, summarize_rounds
 from specjax.sampler import Sampler, encode_prompts, pad_batch
-
-COUNTERS = ("rounds", "drafted", "accepted", "accepted_at", "reached_at")
 
 
 def batches(prompts: Sequence, batch: int) -> list[list]:
@@ -69,8 +67,7 @@ def measure(sampler: Sampler, prompts: Sequence, *, batch: int = 1, sampling: Sa
         "prompts": len(prompts), "repeats": repeats,
     }
     if sampler.drafter is not None:
-        emitted = np.maximum(np.asarray(rows["new_tokens"]) - 1, 0)  # the prefill's first token is not a round's
-        summary = metrics.summarize(*(rows[name] for name in COUNTERS), emitted)
+        summary = summarize_rounds(rows, rows["new_tokens"])
         out.update({k: summary[k] for k in ("acceptance_rate", "accepted_per_drafted", "mean_tokens_per_round",
                                             "acceptance_by_position")})
     return out
@@ -88,10 +85,9 @@ def ttft_ms(sampler: Sampler, prompts: Sequence, *, batch: int = 1, sampling: Sa
         decoder = sampler.decoder(sampling=sampling, max_new_tokens=max_new_tokens, prompt_len=prompt_bp.shape[1])
         program, _ = sampler.program(decoder, prompt_bp.shape)
         args = (sampler.params, sampler.draft_params, prompt_bp, lengths_b, active_b, jax.random.key(seed))
-        shardings = (program.param_shardings, program.draft_param_shardings, *program.input_shardings)
 
         def start():  # `Program.__call__` up to its `run`
-            return jax.block_until_ready(program.start(*shd.place(args, shardings)))
+            return jax.block_until_ready(program.start(*program.place(*args)))
 
         start()
         for _ in range(max(1, repeats)):
