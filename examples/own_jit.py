@@ -13,8 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 import specjax
+import specjax.sampling
 from specjax import loop
-from specjax.config import DecodeConfig, SamplingConfig
 from specjax.drafters import NGramDrafter
 from specjax.lm import LM
 from specjax.models import RopeConfig, Transformer, TransformerConfig
@@ -23,20 +23,19 @@ cfg = TransformerConfig(family="llama", vocab_size=64, dim=32, mlp_dim=64, num_l
                         num_kv_heads=2, head_dim=8, rope=RopeConfig(theta=10000.0), tie_embeddings=False)
 module = Transformer(cfg, rngs=nnx.Rngs(0))
 lm, params = LM.split(module)  # split once; merged inside the jit
-decoder = loop.Decoder(lm=lm, drafter=NGramDrafter(nmax=2), gamma=4, sampling=SamplingConfig(),
-                       decode=DecodeConfig(max_new_tokens=24), size=64)
+decoder = loop.Decoder(lm=lm, drafter=NGramDrafter(nmax=2), gamma=4, size=64)
 
 
 @jax.jit
 def my_generate(params, prompt_bp, lengths_b):
-    B = prompt_bp.shape[0]
-    state = decoder.start(params, None, prompt_bp, lengths_b, jnp.ones((B,), bool), jax.random.key(0))
+    batch = loop.Batch.make(prompt_bp, lengths_b, max_new_tokens=24)  # greedy, no EOS
+    state = decoder.start(params, None, batch)
 
-    def one_round(state):  # the library's spec_round, spelled out
-        key, k_draft, k_accept = jax.random.split(state.key, 3)
-        proposal, state = loop.draft(decoder, params, None, state.replace(key=key), k_draft)
+    def one_round(state):  # the library's spec_round, spelled out (one PRNG key per row)
+        keys, k_draft, k_accept = specjax.sampling.split_keys(state.keys, 3)
+        proposal, state = loop.draft(decoder, params, None, state.replace(keys=keys), k_draft)
         verified, cache = loop.verify(decoder, params, state, proposal)
-        verdict = loop.accept(decoder, k_accept, proposal, verified)
+        verdict = loop.accept(decoder, k_accept, state, proposal, verified)
         return loop.commit_round(decoder, params, None, state, verified, verdict, cache)
 
     state = jax.lax.while_loop(loop.not_finished, one_round, state)

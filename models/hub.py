@@ -18,6 +18,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from specjax.config import cache_dir
 from specjax.errors import CorruptFileError, ModelNotFoundError
 
 
@@ -42,11 +43,6 @@ BUILTIN = {
         "Gemma 3 270M base (18 layers, vocab 262,144), Q4_K_M GGUF",
     ),
 }
-
-
-def cache_dir() -> Path:
-    """Where reassembled model files go: $SPECJAX_CACHE, else ~/.cache/specjax."""
-    return Path(os.environ.get("SPECJAX_CACHE", Path.home() / ".cache" / "specjax"))
 
 
 def _package_dir(entry: Builtin) -> Path:

@@ -8,8 +8,8 @@
 """
 
 from specjax.api import generate
-from specjax.config import DecodeConfig, SamplingConfig
+from specjax.config import GREEDY, SamplingConfig
 from specjax.sampler import GenerateResult, Sampler
 
 __version__ = "0.1.0"
-__all__ = ["DecodeConfig", "GenerateResult", "Sampler", "SamplingConfig", "generate"]
+__all__ = ["GREEDY", "GenerateResult", "Sampler", "SamplingConfig", "generate"]

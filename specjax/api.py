@@ -11,8 +11,9 @@ from specjax.sampler import GenerateResult, Sampler
 __all__ = ["GenerateResult", "generate"]
 
 
-def generate(target, prompts, *, draft=None, sampling: SamplingConfig | None = None, gamma: int = 4,
-             max_new_tokens: int = 64, seed: int = 0, chat: bool = False,
+def generate(target, prompts, *, draft=None, sampling: SamplingConfig | Sequence[SamplingConfig] | None = None,
+             gamma: int = 4, max_new_tokens: int | Sequence[int] = 64, seed: int | Sequence[int] = 0,
+             chat: bool = False,
              eos_ids: Sequence[int] | None = None, mesh=None, rules=None, draft_rules=None,
              load_model=None) -> GenerateResult:
     """Generate continuations of `prompts` (strings, or lists of token ids) with `target`.
@@ -21,7 +22,9 @@ def generate(target, prompts, *, draft=None, sampling: SamplingConfig | None = N
     "layerskip:K" (the target's first K blocks; or "layerskip:0-9,20-29", ":own" for a private
     cache); "ngram:NMAX[:NMIN]" (prompt lookup); "model:NAME" with `load_model`; or a (drafter,
     params) pair (see `specjax.drafters.registry`).
-    sampling: temperature / top-k / top-p (greedy by default). gamma: proposals per round (G).
+    sampling: temperature / top-k / top-p (greedy by default), one SamplingConfig for all prompts or
+    a list with one per prompt; max_new_tokens and seed likewise (seed=[s0, s1, ...] makes each row
+    reproducible alone, see `Sampler`). gamma: proposals per round (G).
     mesh: a `specjax.sharding.make_mesh(data, model)` mesh to shard params, caches and state over
     (rules / draft_rules: logical-axis tables, see `specjax.sharding`).
     Returns tokens and text per prompt, statistics (acceptance, tokens per round, memory) and

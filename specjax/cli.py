@@ -7,6 +7,7 @@ The CLI is where the engine and the model zoo meet: it resolves model names and 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -25,9 +26,13 @@ def _cmd_generate(args) -> int:
     from specjax.drafters import registry
     from specjax.errors import ConfigError
     from specjax.models import load
-    from specjax.sampler import Sampler
+    from specjax.sampler import Sampler, enable_compile_cache
 
     sampling = SamplingConfig.make(args.temperature, args.top_k, args.top_p)
+    if args.no_compile_cache:
+        os.environ["SPECJAX_COMPILE_CACHE"] = "0"
+    else:
+        enable_compile_cache()  # before anything compiles, so loading the model hits the cache too
     if args.drafter and args.draft:
         raise ConfigError(f"--draft {args.draft!r} and --drafter {args.drafter!r} both name a drafter; give one")
     drafter = args.drafter or (f"model:{args.draft}" if args.draft else None)
@@ -57,7 +62,8 @@ def _cmd_generate(args) -> int:
     if "acceptance_rate" in s and s["acceptance_rate"] is not None:
         spec = f"acceptance {s['acceptance_rate']:.2f}, {s['mean_tokens_per_round']:.2f} tokens/round; "
     print(f"[{sum(s['new_tokens'])} tokens, {t['tokens_per_s']:.1f} tok/s; {spec}"
-          f"load {load_s:.1f}s, compile {t['compile_s']:.1f}s, run {t['run_s']:.2f}s]", file=sys.stderr)
+          f"load {load_s:.1f}s, compile {t['compile_s']:.1f}s ({t['compilations']} programs), run {t['run_s']:.2f}s]",
+          file=sys.stderr)
     return 0
 
 
@@ -113,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="params dtype (default: float32, or the dtype a converted directory was saved in)")
-    g.add_argument("--json", action="store_true", help="print one JSON object with text, token ids and statistics")
+    g.add_argument("--json", action="store_true", help="print one JSON object with text, token ids, statistics and "
+                   "timings (compile_s, compilations: programs this call compiled)")
+    g.add_argument("--no-compile-cache", action="store_true",
+                   help="do not read or write compiled programs on disk (default: kept under $SPECJAX_CACHE/jax-compile; "
+                   "also SPECJAX_COMPILE_CACHE=0)")
     g.add_argument("--mesh", help="shard over a DATAxMODEL device mesh, e.g. 1x8 (all processes' devices)")
     g.add_argument("--coordinator", help="multi-host: coordinator address HOST:PORT (or $SPECJAX_COORDINATOR)")
     g.add_argument("--num-processes", type=int, help="multi-host: number of processes (or $SPECJAX_NUM_PROCESSES)")

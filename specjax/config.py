@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 from specjax.errors import ConfigError
 
@@ -38,14 +40,7 @@ class SamplingConfig:
 GREEDY = SamplingConfig()
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DecodeConfig:
-    """Static shape and stopping settings of one compiled decode loop."""
-
-    max_new_tokens: int
-    eos_ids: tuple[int, ...] = ()
-    vocab_size: int | None = None  # ids >= vocab_size (embedding padding) are never sampled
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+def cache_dir() -> Path:
+    """specjax's cache directory (reassembled model files, compiled programs): $SPECJAX_CACHE, else
+    ~/.cache/specjax."""
+    return Path(os.environ.get("SPECJAX_CACHE", Path.home() / ".cache" / "specjax"))

@@ -12,7 +12,9 @@ A speculation round (`spec_round`) is four named steps: `draft` (the drafter pro
 `verify` (one target pass over the newest token and the G proposals), `accept` (the rule of
 `specjax.rejection` decides a prefix per row) and `commit` (append, update statistics, let the
 drafter observe what was verified). Without a drafter, `ar_step` is the autoregressive baseline
-built from the same pieces. `Decoder` holds every static setting in one frozen, hashable object.
+built from the same pieces. `Decoder` holds every static setting in one frozen, hashable object;
+everything a request may change (prompts, sampling settings, max_new_tokens, EOS ids, keys) is a
+runtime value of `Batch`, per row, so one compiled program serves any of them.
 """
 
 from __future__ import annotations
@@ -23,15 +25,17 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from specjax import rejection, sampling
 from specjax.cache import KVCache
-from specjax.config import DecodeConfig, SamplingConfig
+from specjax.config import GREEDY, SamplingConfig
 from specjax.drafters.base import Observation, TargetPrefill
 from specjax.errors import ConfigError
 from specjax.lm import LM
 from specjax.rejection import Proposal, Verdict
+from specjax.sampling import RowSampling
 
 
 @struct.dataclass
@@ -54,6 +58,53 @@ class SpecStats:
 
 
 @struct.dataclass
+class Batch:
+    """The runtime inputs of one decode call, one row per request (all arrays lead with B).
+
+    Row b's sampled tokens are drawn with keys[b] only, so they do not depend on the other rows:
+    the same row run alone with the same key draws the same tokens."""
+
+    prompt: jax.Array  # [B,P] int32, right-padded prompts
+    lengths: jax.Array  # [B] int32, prompt lengths
+    active: jax.Array  # [B] bool, False for batch padding rows (they stay done)
+    keys: jax.Array  # [B] PRNG keys, one per row
+    sampling: RowSampling  # [B] temperature, top-k, top-p, greedy
+    max_new_tokens: jax.Array  # [B] int32
+    eos_ids: jax.Array  # [B,E] int32, -1 = unused slot
+
+    def logical_axes(self) -> "Batch":
+        b = ("batch",)
+        return self.replace(prompt=("batch", "seq"), lengths=b, active=b, keys=b, max_new_tokens=b,
+                            eos_ids=("batch", None))
+
+    @classmethod
+    def make(cls, prompt_bp, lengths_b, *, max_new_tokens, sampling=GREEDY, eos_ids=(), key=None, keys=None,
+             active=None, eos_slots: int | None = None, vocab_size: int | None = None,
+             top_k_bound: int | None = None) -> "Batch":
+        """Broadcast per-call settings to rows: `max_new_tokens` an int or one per row; `sampling` a
+        SamplingConfig or one per row; `eos_ids` a tuple for every row or one tuple per row; `keys`
+        [B] or one `key` (row b gets fold_in(key, b)); `active` defaults to all rows."""
+        prompt_bp = jnp.asarray(prompt_bp, jnp.int32)
+        B = prompt_bp.shape[0]
+        if keys is None:
+            key = jax.random.key(0) if key is None else key
+            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(B))
+        per_row = eos_ids and not isinstance(eos_ids[0], (int, np.integer))
+        eos_rows = [tuple(e) for e in eos_ids] if per_row else [tuple(eos_ids)] * B
+        E = eos_slots if eos_slots is not None else max(1, max(len(e) for e in eos_rows))
+        eos_be = np.full((B, E), -1, np.int32)
+        for b, e in enumerate(eos_rows):
+            eos_be[b, :len(e)] = e
+        rs = RowSampling.of(sampling if isinstance(sampling, SamplingConfig) else list(sampling), B,
+                            vocab_size=vocab_size, top_k_bound=top_k_bound)
+        return cls(prompt=prompt_bp, lengths=jnp.asarray(lengths_b, jnp.int32),
+                   active=jnp.ones((B,), bool) if active is None else jnp.asarray(active, bool), keys=keys,
+                   sampling=jax.tree.map(jnp.asarray, rs),
+                   max_new_tokens=jnp.broadcast_to(jnp.asarray(max_new_tokens, jnp.int32), (B,)),
+                   eos_ids=jnp.asarray(eos_be))
+
+
+@struct.dataclass
 class SpecState:
     tokens: jax.Array  # [B, S] int32
     lengths: jax.Array  # [B] int32, tokens in the buffer
@@ -61,7 +112,10 @@ class SpecState:
     done: jax.Array  # [B] bool
     cache: KVCache  # the target's
     draft: Any  # the drafter's state (None for autoregressive decoding)
-    key: jax.Array
+    keys: jax.Array  # [B] PRNG keys, one per row
+    sampling: RowSampling  # [B] each row's sampling settings
+    max_new_tokens: jax.Array  # [B] int32
+    eos_ids: jax.Array  # [B,E] int32, -1 = unused slot
     steps: jax.Array  # [] int32, target forward passes after prefill
     stats: SpecStats
 
@@ -70,9 +124,10 @@ class SpecState:
         return self.tokens.shape[1]
 
     def logical_axes(self) -> "SpecState":
-        """Logical axis names of this type's own arrays; `cache`, `draft` and `stats` declare theirs."""
+        """Logical axis names of this type's own arrays; `cache`, `draft`, `sampling` and `stats` declare theirs."""
         b = ("batch",)
-        return self.replace(tokens=("batch", "seq"), lengths=b, prompt_lengths=b, done=b, key=(), steps=())
+        return self.replace(tokens=("batch", "seq"), lengths=b, prompt_lengths=b, done=b, keys=b, max_new_tokens=b,
+                            eos_ids=("batch", None), steps=())
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -80,14 +135,16 @@ class Decoder:
     """Everything static about one compiled decode program (hashable: the jit's static argument).
 
     drafter=None (and gamma=0) is plain autoregressive decoding. `size` (S) is the token buffer and
-    cache length; with a drafter it must leave G + 1 slots of headroom beyond prompt +
-    max_new_tokens. `rule` is `rejection.accept` (tests substitute a deliberately wrong one).
+    cache length: a row stops when its next step would not fit, so S must leave room for the
+    longest prompt, its max_new_tokens and, with a drafter, G + 1 slots of headroom. `vocab_size`:
+    ids at or above it (embedding padding) are never sampled. `rule` is `rejection.accept` (tests
+    substitute a deliberately wrong one). Sampling settings, max_new_tokens and EOS ids are not
+    here: they are runtime values of `Batch`.
     """
 
     lm: LM
-    sampling: SamplingConfig
-    decode: DecodeConfig
     size: int
+    vocab_size: int | None = None
     drafter: Any = None
     gamma: int = 0
     rule: Callable = rejection.accept
@@ -114,12 +171,9 @@ class Decoder:
     def taps(self) -> tuple[int, ...]:
         return () if self.drafter is None else tuple(self.drafter.taps)
 
-    def start(self, params, draft_params, prompt_bp, prompt_lengths_b, active_b, key) -> SpecState:
-        """Prefill the target (and the drafter) and commit the first token.
-
-        prompt_bp [B,P] right-padded prompts, prompt_lengths_b [B], active_b [B] (False for batch
-        padding rows, which stay done)."""
-        return start(self, params, draft_params, prompt_bp, prompt_lengths_b, active_b, key)
+    def start(self, params, draft_params, batch: Batch) -> SpecState:
+        """Prefill the target (and the drafter) and commit the first token of every active row."""
+        return start(self, params, draft_params, batch)
 
     def run(self, params, draft_params, state: SpecState) -> SpecState:
         """The `lax.while_loop`: rounds until every row is done (EOS, max_new_tokens, a full buffer)."""
@@ -131,27 +185,23 @@ class Decoder:
 
         return jax.lax.while_loop(not_finished, body, state)
 
-    def generate(self, params, draft_params, prompt_bp, prompt_lengths_b, active_b, key) -> SpecState:
+    def generate(self, params, draft_params, batch: Batch) -> SpecState:
         """`start`, then `run`: the whole decode as one pure function (jit it, or call it in a jit)."""
-        state = self.start(params, draft_params, prompt_bp, prompt_lengths_b, active_b, key)
-        return self.run(params, draft_params, state)
+        return self.run(params, draft_params, self.start(params, draft_params, batch))
 
 
-def commit(state: SpecState, new_bn: jax.Array, count_b: jax.Array, decode: DecodeConfig, headroom: int = 0):
+def commit(state: SpecState, new_bn: jax.Array, count_b: jax.Array, headroom: int = 0):
     """Append new_bn[b, :count_b[b]] to every row that is not done; -> (state, emitted_b).
 
-    A row's block is cut after its first EOS and at max_new_tokens; the row is then done. A row is
-    also done when fewer than `headroom` + 1 free slots remain (its next step would not fit).
+    A row's block is cut after its first EOS and at its max_new_tokens; the row is then done. A row
+    is also done when fewer than `headroom` + 1 free slots remain (its next step would not fit).
     """
     B, N = new_bn.shape
     j_n = jnp.arange(N)
     offered_bn = j_n < count_b[:, None]
-    if decode.eos_ids:
-        eos_bn = jnp.isin(new_bn, jnp.asarray(decode.eos_ids, jnp.int32)) & offered_bn
-    else:
-        eos_bn = jnp.zeros_like(offered_bn)
+    eos_bn = (new_bn[:, :, None] == state.eos_ids[:, None, :]).any(axis=-1) & offered_bn  # -1 never matches
     upto_eos_b = jnp.where(eos_bn.any(axis=1), jnp.argmax(eos_bn, axis=1) + 1, N)
-    budget_b = decode.max_new_tokens - (state.lengths - state.prompt_lengths)
+    budget_b = state.max_new_tokens - (state.lengths - state.prompt_lengths)
     emitted_b = jnp.minimum(jnp.minimum(count_b, upto_eos_b), jnp.maximum(budget_b, 0))
     emitted_b = jnp.where(state.done, 0, emitted_b)
 
@@ -162,7 +212,7 @@ def commit(state: SpecState, new_bn: jax.Array, count_b: jax.Array, decode: Deco
     lengths = state.lengths + emitted_b
 
     hit_eos_b = (eos_bn & (j_n < emitted_b[:, None])).any(axis=1)
-    out_of_budget_b = lengths - state.prompt_lengths >= decode.max_new_tokens
+    out_of_budget_b = lengths - state.prompt_lengths >= state.max_new_tokens
     full_b = lengths + headroom >= size
     done = state.done | hit_eos_b | out_of_budget_b | full_b
     return state.replace(tokens=tokens, lengths=lengths, done=done), emitted_b
@@ -184,32 +234,36 @@ def not_finished(state: SpecState):
     return ~jnp.all(state.done)
 
 
-def start(dec: Decoder, params, draft_params, prompt_bp, prompt_lengths_b, active_b, key) -> SpecState:
+def start(dec: Decoder, params, draft_params, batch: Batch) -> SpecState:
     """Allocate the buffers, prefill the target (and the drafter) and commit the first token."""
+    prompt_bp = batch.prompt.astype(jnp.int32)
     B, P = prompt_bp.shape
     lm = dec.lm
+    keys_b, first_keys_b = sampling.split_keys(batch.keys, 2)
     state = SpecState(
-        tokens=jnp.zeros((B, dec.size), jnp.int32).at[:, :P].set(prompt_bp.astype(jnp.int32)),
-        lengths=prompt_lengths_b.astype(jnp.int32),
-        prompt_lengths=prompt_lengths_b.astype(jnp.int32),
-        done=~active_b,
+        tokens=jnp.zeros((B, dec.size), jnp.int32).at[:, :P].set(prompt_bp),
+        lengths=batch.lengths.astype(jnp.int32),
+        prompt_lengths=batch.lengths.astype(jnp.int32),
+        done=~batch.active,
         cache=lm.init_cache(params, B, dec.size),
         draft=None,
-        key=key,
+        keys=keys_b,
+        sampling=batch.sampling,
+        max_new_tokens=batch.max_new_tokens.astype(jnp.int32),
+        eos_ids=batch.eos_ids.astype(jnp.int32),
         steps=jnp.zeros((), jnp.int32),
         stats=SpecStats.zeros(B, dec.gamma),
     )
-    positions_bp = prompt_positions(state.prompt_lengths, active_b, P)
+    positions_bp = prompt_positions(state.prompt_lengths, batch.active, P)
     last_b = jnp.maximum(state.prompt_lengths - 1, 0)
     logits_bv, cache, taps_nbpd = lm.forward_at(params, prompt_bp, positions_bp, state.cache, last_b, taps=dec.taps)
-    key, sub = jax.random.split(state.key)
-    first_b = sampling.sample(sub, logits_bv, dec.sampling, dec.decode.vocab_size)
-    state = state.replace(cache=cache, key=key)
-    state, _ = commit(state, first_b[:, None], jnp.ones_like(first_b), dec.decode, dec.headroom)
+    first_b = sampling.sample(first_keys_b, logits_bv, state.sampling, dec.vocab_size)
+    state = state.replace(cache=cache)
+    state, _ = commit(state, first_b[:, None], jnp.ones_like(first_b), dec.headroom)
     if dec.drafter is None:
         return state
     dstate = dec.drafter.init(draft_params, params, B, dec.size)
-    prefill = TargetPrefill(tokens=prompt_bp.astype(jnp.int32), positions=positions_bp, taps=taps_nbpd, first=first_b)
+    prefill = TargetPrefill(tokens=prompt_bp, positions=positions_bp, taps=taps_nbpd, first=first_b)
     return state.replace(draft=dec.drafter.prefill(draft_params, params, dstate, prefill))
 
 
@@ -223,9 +277,9 @@ class Verified:
     taps: jax.Array  # [n,B,G+1,D]
 
 
-def draft(dec: Decoder, params, draft_params, state: SpecState, key) -> tuple[Proposal, SpecState]:
-    """Step 1: the drafter proposes G tokens per row."""
-    return dec.drafter.propose(draft_params, params, state, key, dec.gamma, dec.sampling, dec.decode.vocab_size)
+def draft(dec: Decoder, params, draft_params, state: SpecState, keys_b) -> tuple[Proposal, SpecState]:
+    """Step 1: the drafter proposes G tokens per row (keys_b [B]: one key per row)."""
+    return dec.drafter.propose(draft_params, params, state, keys_b, dec.gamma, state.sampling, dec.vocab_size)
 
 
 def verify(dec: Decoder, params, state: SpecState, proposal: Proposal) -> tuple[Verified, KVCache]:
@@ -256,9 +310,9 @@ def verify(dec: Decoder, params, state: SpecState, proposal: Proposal) -> tuple[
     return Verified(tokens=tokens_bg1, positions=positions_bg1, logits=logits_bgv, taps=taps_nbgd), cache
 
 
-def accept(dec: Decoder, key, proposal: Proposal, verified: Verified) -> Verdict:
+def accept(dec: Decoder, keys_b, state: SpecState, proposal: Proposal, verified: Verified) -> Verdict:
     """Step 3: the acceptance rule decides, per row, how many proposals to keep and the next token."""
-    return dec.rule(key, proposal, verified.logits, dec.sampling, dec.decode.vocab_size)
+    return dec.rule(keys_b, proposal, verified.logits, state.sampling, dec.vocab_size)
 
 
 def commit_round(dec: Decoder, params, draft_params, state: SpecState, verified: Verified, verdict: Verdict,
@@ -278,7 +332,7 @@ def commit_round(dec: Decoder, params, draft_params, state: SpecState, verified:
         reached_at=stats.reached_at + ((j_g <= n_b[:, None]) & present_bg),
     )
     state = state.replace(cache=cache, steps=state.steps + 1, stats=stats)
-    state, emitted_b = commit(state, verdict.tokens, verdict.count, dec.decode, headroom=dec.headroom)
+    state, emitted_b = commit(state, verdict.tokens, verdict.count, headroom=dec.headroom)
     next_b = jnp.take_along_axis(verdict.tokens, verdict.accepted[:, None], axis=1)[:, 0]
     observation = Observation(tokens=verified.tokens, proposed=present_bg, positions=verified.positions,
                               taps=verified.taps, accepted=n_b, committed=emitted_b,
@@ -288,10 +342,10 @@ def commit_round(dec: Decoder, params, draft_params, state: SpecState, verified:
 
 def spec_round(dec: Decoder, params, draft_params, state: SpecState) -> SpecState:
     """One speculation round: draft -> verify -> accept -> commit."""
-    key, k_draft, k_accept = jax.random.split(state.key, 3)
-    proposal, state = draft(dec, params, draft_params, state.replace(key=key), k_draft)
+    keys_b, k_draft_b, k_accept_b = sampling.split_keys(state.keys, 3)
+    proposal, state = draft(dec, params, draft_params, state.replace(keys=keys_b), k_draft_b)
     verified, cache = verify(dec, params, state, proposal)
-    verdict = accept(dec, k_accept, proposal, verified)
+    verdict = accept(dec, k_accept_b, state, proposal, verified)
     return commit_round(dec, params, draft_params, state, verified, verdict, cache)
 
 
@@ -299,15 +353,15 @@ def ar_step(dec: Decoder, params, state: SpecState) -> SpecState:
     """One autoregressive step: feed each row's newest token, sample the next, commit it."""
     pos_b = jnp.where(state.done, -1, state.lengths - 1)
     logits_b1v, cache, _ = dec.lm.forward(params, newest_tokens(state)[:, None], pos_b[:, None], state.cache)
-    key, sub = jax.random.split(state.key)
-    next_b = sampling.sample(sub, logits_b1v[:, 0], dec.sampling, dec.decode.vocab_size)
-    state = state.replace(cache=cache, key=key, steps=state.steps + 1)
-    state, _ = commit(state, next_b[:, None], jnp.ones_like(next_b), dec.decode)
+    keys_b, sub_b = sampling.split_keys(state.keys, 2)
+    next_b = sampling.sample(sub_b, logits_b1v[:, 0], state.sampling, dec.vocab_size)
+    state = state.replace(cache=cache, keys=keys_b, steps=state.steps + 1)
+    state, _ = commit(state, next_b[:, None], jnp.ones_like(next_b))
     return state
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def generate(dec: Decoder, params, draft_params, prompt_bp, prompt_lengths_b, active_b, key) -> SpecState:
+def generate(dec: Decoder, params, draft_params, batch: Batch) -> SpecState:
     """`Decoder.generate` jitted with the decoder as its static argument (no mesh, nothing donated;
     `specjax.sampler` compiles the same functions with shardings and a donated state)."""
-    return dec.generate(params, draft_params, prompt_bp, prompt_lengths_b, active_b, key)
+    return dec.generate(params, draft_params, batch)

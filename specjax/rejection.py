@@ -27,6 +27,7 @@ from flax import struct
 
 from specjax import sampling as sampling_lib
 from specjax.config import SamplingConfig
+from specjax.sampling import RowSampling
 
 
 @struct.dataclass
@@ -60,16 +61,22 @@ def verdict(proposal: Proposal, n_b: jax.Array, next_b: jax.Array) -> Verdict:
     return Verdict(accepted=n_b.astype(jnp.int32), tokens=block_bg1.astype(jnp.int32), proposed=draft_bg >= 0)
 
 
-def accept(key: jax.Array, proposal: Proposal, target_logits_bg1v: jax.Array, sampling: SamplingConfig,
-           vocab_size: int | None = None) -> Verdict:
+def accept(keys_b: jax.Array, proposal: Proposal, target_logits_bg1v: jax.Array,
+           sampling: SamplingConfig | RowSampling, vocab_size: int | None = None) -> Verdict:
     """Decide one round: the target's logits at the G+1 verified positions [B,G+1,V] are warped here,
     exactly as the drafter warped its own (temperature, top-k, top-p; ids >= vocab_size masked), and
-    the greedy or the sampled rule is applied. The guarantee is for that warped target."""
-    if sampling.greedy:
-        n_b, next_b = accept_greedy(proposal.tokens, sampling_lib.greedy(target_logits_bg1v, vocab_size))
-    else:
-        p_bg1v = sampling_lib.warp(target_logits_bg1v, sampling, vocab_size)
-        n_b, next_b = accept_sampled(key, proposal.tokens, proposal.q, p_bg1v)
+    each row gets the greedy or the sampled rule by its own setting. keys_b [B]: one key per row.
+    The guarantee is for that warped target, row by row."""
+    s = sampling_lib.rows(sampling)
+    greedy_b = jnp.broadcast_to(s.greedy, proposal.tokens.shape[:1])
+    n_b, next_b = accept_greedy(proposal.tokens, sampling_lib.greedy(target_logits_bg1v, vocab_size))
+
+    def sampled(_):
+        p_bg1v = sampling_lib.warp(target_logits_bg1v, s, vocab_size)
+        n_s, next_s = accept_sampled(keys_b, proposal.tokens, proposal.q, p_bg1v)
+        return jnp.where(greedy_b, n_b, n_s), jnp.where(greedy_b, next_b, next_s)
+
+    n_b, next_b = jax.lax.cond(jnp.all(greedy_b), lambda _: (n_b, next_b), sampled, None)
     return verdict(proposal, n_b, next_b)
 
 
@@ -99,19 +106,19 @@ def residual(p_bv: jax.Array, q_bv: jax.Array) -> jax.Array:
     return jnp.where(empty_b1, p_bv, r_bv)
 
 
-def accept_sampled(key: jax.Array, draft_bg: jax.Array, q_bgv: jax.Array | None,
+def accept_sampled(keys_b: jax.Array, draft_bg: jax.Array, q_bgv: jax.Array | None,
                    p_bg1v: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Exact rejection sampling: -> (n accepted [B], next token [B]).
+    """Exact rejection sampling: -> (n accepted [B], next token [B]). keys_b [B]: one key per row.
 
     draft_bg [B,G] proposals; q_bgv [B,G,V] the distributions they were drawn from, or None for
     point masses; p_bg1v [B,G+1,V] the target's warped distributions at the G+1 verified positions.
     """
-    key_u, key_next = jax.random.split(key)
-    u_bg = jax.random.uniform(key_u, draft_bg.shape)
-    return accept_given_uniforms(u_bg, key_next, draft_bg, q_bgv, p_bg1v)
+    keys_u, keys_next = sampling_lib.split_keys(keys_b, 2)
+    u_bg = sampling_lib.uniform(keys_u, draft_bg.shape[1:])
+    return accept_given_uniforms(u_bg, keys_next, draft_bg, q_bgv, p_bg1v)
 
 
-def accept_given_uniforms(u_bg: jax.Array, key_next: jax.Array, draft_bg: jax.Array, q_bgv: jax.Array | None,
+def accept_given_uniforms(u_bg: jax.Array, keys_next_b: jax.Array, draft_bg: jax.Array, q_bgv: jax.Array | None,
                           p_bg1v: jax.Array) -> tuple[jax.Array, jax.Array]:
     """`accept_sampled` with its uniforms u [B,G] given (for hand-computed tests)."""
     G = draft_bg.shape[1]
@@ -130,5 +137,5 @@ def accept_given_uniforms(u_bg: jax.Array, key_next: jax.Array, draft_bg: jax.Ar
         q_n_bv = jnp.where((draft_at_b >= 0)[:, None], jnp.take_along_axis(q_bgv, at_b[:, None, None], axis=1)[:, 0],
                            0.0)
     dist_bv = jnp.where((n_b == G)[:, None], p_n_bv, residual(p_n_bv, q_n_bv))
-    next_b = jax.random.categorical(key_next, jnp.log(dist_bv), axis=-1).astype(jnp.int32)
+    next_b = sampling_lib.sample_probs(keys_next_b, dist_bv)
     return n_b, next_b

@@ -6,15 +6,21 @@ is compiled the same way, with or without a mesh (no mesh means a one-device mes
 (prefill) and `Decoder.run` (the while loop) are jitted with explicit input and output shardings,
 and `run` takes the decode state as a donated argument, so its buffers are updated in place.
 
-Prompts are padded to power-of-two length buckets (at least `MIN_PROMPT_BUCKET`) and the batch to a
-power-of-two size, so a new prompt in a bucket already seen reuses the compiled program. Compile
-time is measured apart from run time.
+Sampling settings, `max_new_tokens`, EOS ids and seeds are runtime values (per row, see
+`loop.Batch`), so they never cause a compilation. What is static is bounded and bucketed: prompts
+are padded to power-of-two length buckets (at least `MIN_PROMPT_BUCKET`), the batch to a
+power-of-two size, the buffer length S to the ladder of `size_bucket` (16, 24, 32, 48, 64, 96, ...:
+powers of two and 1.5 times them), and top-k to `sampling.TOP_K_BOUND` (a larger k raises the bound:
+one more program). A call whose buckets were seen before reuses the compiled program; compile time
+is measured apart from run time. Compiled programs also persist on disk (`enable_compile_cache`), so
+a second process loads instead of compiling.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from typing import Any, Sequence
 
@@ -23,19 +29,48 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import report, sharding as shd
-from specjax.config import DecodeConfig, SamplingConfig
+from specjax.config import SamplingConfig, cache_dir
 from specjax.drafters import registry
 from specjax.errors import ConfigError
 from specjax.lm import LM
-from specjax.loop import Decoder
+from specjax.loop import Batch, Decoder
 
 MIN_PROMPT_BUCKET = 16
+MIN_SIZE_BUCKET = 16
+EOS_SLOTS = 4  # EOS ids per row a program takes without recompiling (more raise it to a power of two)
 
 
 def bucket(n: int, minimum: int = 1) -> int:
     """The smallest power of two >= max(n, minimum)."""
     n = max(int(n), minimum, 1)
     return 1 << (n - 1).bit_length()
+
+
+def size_bucket(n: int) -> int:
+    """The buffer length S for n slots: the smallest of 16, 24, 32, 48, 64, 96, ... (2^k and 1.5 * 2^k)
+    that holds n, so any max_new_tokens up to the bucket's edge reuses one program and at most a
+    third of the buffer is slack."""
+    n = max(int(n), MIN_SIZE_BUCKET)
+    p = bucket(n)
+    return p * 3 // 4 if p * 3 // 4 >= n and p >= 32 else p
+
+
+def enable_compile_cache(path: str | os.PathLike | None = None) -> str | None:
+    """Turn on JAX's persistent compilation cache under `path` (default: $SPECJAX_CACHE/jax-compile,
+    else ~/.cache/specjax/jax-compile), so a later process loads the programs this one compiled.
+
+    Off when SPECJAX_COMPILE_CACHE=0. A cache directory already configured (by the user, or
+    `JAX_COMPILATION_CACHE_DIR`) is left as it is. -> the directory in use, or None."""
+    if os.environ.get("SPECJAX_COMPILE_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    current = jax.config.jax_compilation_cache_dir
+    if current:
+        return current
+    path = os.fspath(path) if path is not None else os.fspath(cache_dir() / "jax-compile")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
 
 
 @dataclasses.dataclass
@@ -62,7 +97,9 @@ class CompiledCache:
         self.compilations = 0
 
     def get_or_build(self, key, build):
-        """The entry for `key`, built by `build()` (and timed) on a miss -> (entry, compile seconds)."""
+        """The entry for `key`, built by `build()` (and timed) on a miss -> (entry, compile seconds).
+
+        A build counts as a compilation even when JAX's persistent cache supplies the executable."""
         if key in self.table:
             self.table[key] = self.table.pop(key)  # most recently used goes last
             return self.table[key], 0.0
@@ -120,6 +157,27 @@ def pad_batch(prompts: list[list[int]], pad_id: int = 0):
     return prompt_bp, lengths_b, active_b
 
 
+def per_prompt(name: str, value, n: int, single: type | tuple) -> list:
+    """One value for all n prompts, or a list/tuple with exactly one per prompt -> a list of n."""
+    if isinstance(value, single):
+        return [value] * n
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ConfigError(f"{name} has {len(value)} entries for {n} prompts; give one for all or one per prompt")
+        return list(value)
+    raise ConfigError(f"{name} must be one value for all prompts or a list with one per prompt, "
+                      f"got {type(value).__name__}")
+
+
+def row_keys(seed, n: int, batch: int) -> jax.Array:
+    """PRNG keys [batch]: an int seed s gives row b fold_in(key(s), b); a list gives row b key(seed[b]), so
+    a row run alone with seed=[s] draws what it drew in the batch. Padding rows get unused keys."""
+    if isinstance(seed, (list, tuple)):
+        seeds = [int(x) for x in per_prompt("seed", seed, n, int)] + [0] * (batch - n)
+        return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+    return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(int(seed)), i))(jnp.arange(batch))
+
+
 def one_device_mesh():
     """This process's first device (with several processes and no mesh, each decodes on its own)."""
     return shd.make_mesh(1, 1, devices=jax.local_devices()[:1])
@@ -135,52 +193,50 @@ class Program:
     run: Any
     param_shardings: Any
     draft_param_shardings: Any
-    input_shardings: tuple
+    batch_shardings: Any
     plan: shd.Plan
 
-    def place(self, params, draft_params, prompt_bp, lengths_b, active_b, key) -> tuple:
+    def place(self, params, draft_params, batch: Batch) -> tuple:
         """The arguments of `start`, on their shardings (no copy for arrays already there)."""
-        return shd.place((params, draft_params, prompt_bp, lengths_b, active_b, key),
-                         (self.param_shardings, self.draft_param_shardings, *self.input_shardings))
+        return shd.place((params, draft_params, batch),
+                         (self.param_shardings, self.draft_param_shardings, self.batch_shardings))
 
-    def __call__(self, params, draft_params, prompt_bp, lengths_b, active_b, key):
-        inputs = self.place(params, draft_params, prompt_bp, lengths_b, active_b, key)
+    def __call__(self, params, draft_params, batch: Batch):
+        inputs = self.place(params, draft_params, batch)
         return self.run(inputs[0], inputs[1], self.start(*inputs))
 
 
-def compile_program(decoder: Decoder, params, draft_params, prompt_shape: tuple[int, int], mesh, *,
-                    rules=None, draft_rules=None) -> Program:
-    """Lower and compile `decoder.start` and `decoder.run` with shardings from the logical axes that
-    params (`nnx.Param` metadata) and the decode state (its types' `logical_axes`) declare."""
+def compile_program(decoder: Decoder, params, draft_params, batch: Batch, mesh, *, rules=None,
+                    draft_rules=None) -> Program:
+    """Lower and compile `decoder.start` and `decoder.run` for the shapes of `batch` (arrays or
+    ShapeDtypeStructs), with shardings from the logical axes that params (`nnx.Param` metadata),
+    the batch and the decode state (their types' `logical_axes`) declare."""
     rules = rules or shd.DEFAULT_RULES
     draft_rules = draft_rules or shd.REPLICATED_RULES
     plan = shd.Plan()
     p_sh = shd.param_shardings(params, mesh, rules, plan)
     d_sh = shd.param_shardings(draft_params, mesh, draft_rules, plan) if draft_params is not None else None
-    B, P = prompt_shape
-    in_sh = tuple(jax.sharding.NamedSharding(mesh, shd.spec_for(name, axes, shape, mesh, rules, plan))
-                  for name, axes, shape in (("prompt", ("batch", "seq"), (B, P)), ("prompt_lengths", ("batch",), (B,)),
-                                            ("active", ("batch",), (B,)), ("key", (), ())))
-    args = (jax.ShapeDtypeStruct((B, P), jnp.int32), jax.ShapeDtypeStruct((B,), jnp.int32),
-            jax.ShapeDtypeStruct((B,), jnp.bool_), jax.eval_shape(lambda: jax.random.key(0)))
+    batch_a = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+    b_sh = shd.tree_shardings(batch_a, mesh, rules, plan)
     abstract = lambda tree, sh: jax.tree.map(  # noqa: E731
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
     params_a = abstract(params, p_sh)
     draft_a = abstract(draft_params, d_sh) if draft_params is not None else None
-    inputs_a = tuple(abstract(a, s) for a, s in zip(args, in_sh))
-    state_shape = jax.eval_shape(decoder.start, params_a, draft_a, *inputs_a)
+    batch_a = abstract(batch_a, b_sh)
+    state_shape = jax.eval_shape(decoder.start, params_a, draft_a, batch_a)
     # the drafter's state (e.g. a draft model's cache) follows the drafter's rules, the rest the target's
     state_sh = shd.tree_shardings(state_shape.replace(draft=None), mesh, rules, plan).replace(
         draft=shd.tree_shardings(state_shape.draft, mesh, draft_rules, plan))
-    start_c = jax.jit(decoder.start, in_shardings=(p_sh, d_sh, *in_sh), out_shardings=state_sh).lower(
-        params_a, draft_a, *inputs_a).compile()
+    start_c = jax.jit(decoder.start, in_shardings=(p_sh, d_sh, b_sh), out_shardings=state_sh).lower(
+        params_a, draft_a, batch_a).compile()
     run_c = jax.jit(decoder.run, in_shardings=(p_sh, d_sh, state_sh), out_shardings=state_sh,
                     donate_argnums=(2,)).lower(params_a, draft_a, abstract(state_shape, state_sh)).compile()
-    return Program(decoder, mesh, start_c, run_c, p_sh, d_sh, in_sh, plan)
+    return Program(decoder, mesh, start_c, run_c, p_sh, d_sh, b_sh, plan)
 
 
 def _signature(tree) -> tuple:
-    return tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree))
+    """Shapes, dtypes and static structure (e.g. the top-k bound) of a pytree: its compile key."""
+    return (jax.tree.structure(tree),) + tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree))
 
 
 class Sampler:
@@ -188,6 +244,8 @@ class Sampler:
 
         sampler = Sampler(target, draft="ngram:3", gamma=4)
         result = sampler(["Hello"], sampling=SamplingConfig(temperature=0.7), max_new_tokens=64)
+        result = sampler(["Hi", "Bye"], sampling=[GREEDY, SamplingConfig(temperature=0.9, top_p=0.8)],
+                         max_new_tokens=[16, 40], seed=[1, 2])  # per-row settings, same program
 
     target: a loaded model (`.module`, `.tokenizer`, e.g. `specjax.models.load(...)`).
     draft: None (autoregressive), a drafter string (see `specjax.drafters.registry`), a loaded draft
@@ -204,6 +262,7 @@ class Sampler:
         if eos_ids is None:
             eos_ids = tuple(self.tokenizer.eos_ids) if self.tokenizer is not None else ()
         self.eos_ids = tuple(int(e) for e in eos_ids)
+        enable_compile_cache()
         self.mesh = mesh if mesh is not None else one_device_mesh()
         # hashable and order-free, for the compile cache key
         self.rules = None if rules is None else tuple(dict(rules).items())
@@ -216,46 +275,69 @@ class Sampler:
         self.drafter = self.draft_params = None
         self.gamma = 0
         if draft is not None:
-            resolved = registry.resolve(draft, _Model(module, self.tokenizer), eos_ids=self.eos_ids,
-                                        load_model=load_model)
+            resolved = registry.resolve(draft, _Model(module, self.tokenizer), load_model=load_model)
             self.drafter, self.draft_params, self.gamma = resolved.drafter, resolved.params, gamma
             if resolved.vocab_limit is not None:
                 limit, rows = min(limit, resolved.vocab_limit), max(rows, resolved.rows or rows)
         self.vocab_limit = limit if limit < rows else None
         self._memory: dict[tuple[int, int], dict] = {}  # (batch, size) -> report.memory
 
-    def decoder(self, *, sampling: SamplingConfig, max_new_tokens: int, prompt_len: int) -> Decoder:
-        """The static decoder for these settings and this prompt bucket."""
-        decode = DecodeConfig(max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, vocab_size=self.vocab_limit)
-        size = prompt_len + max_new_tokens + (1 if self.drafter is None else self.gamma + 2)
-        return Decoder(lm=self.lm, drafter=self.drafter, gamma=self.gamma, sampling=sampling, decode=decode,
-                       size=size)
+    def decoder(self, *, max_new_tokens: int, prompt_len: int) -> Decoder:
+        """The static decoder for this prompt bucket and a buffer that holds `max_new_tokens` (bucketed
+        by `size_bucket`, so nearby lengths share it)."""
+        need = prompt_len + max_new_tokens + (1 if self.drafter is None else self.gamma + 2)
+        return Decoder(lm=self.lm, size=size_bucket(need), vocab_size=self.vocab_limit, drafter=self.drafter,
+                       gamma=self.gamma)
 
-    def program(self, decoder: Decoder, prompt_shape: tuple[int, int]) -> tuple[Program, float]:
-        """The compiled program for `decoder` and this bucket (from the cache) -> (program, compile s)."""
-        key = ("program", decoder, prompt_shape, self.mesh, self.rules, self.draft_rules,
+    def batch(self, ids: list[list[int]], *, sampling=None, max_new_tokens=64, seed=0, eos_ids=None) -> Batch:
+        """Host-side inputs for these tokenised prompts: padded to the buckets, settings per row."""
+        n = len(ids)
+        prompt_bp, lengths_b, active_b = pad_batch(ids)
+        B = prompt_bp.shape[0]
+        configs = per_prompt("sampling", sampling if sampling is not None else SamplingConfig(), n, SamplingConfig)
+        max_new = per_prompt("max_new_tokens", max_new_tokens, n, int)
+        for m in max_new:
+            if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+                raise ConfigError(f"max_new_tokens must be an integer >= 1, got {m!r}")
+        eos = self.eos_ids if eos_ids is None else eos_ids
+        eos_rows = (per_prompt("eos_ids", list(eos), n, tuple) if eos and isinstance(eos[0], (list, tuple))
+                    else [tuple(eos)] * n)
+        eos_rows = [tuple(int(e) for e in row) for row in eos_rows] + [()] * (B - n)
+        slots = max([EOS_SLOTS] + [bucket(len(r)) for r in eos_rows])
+        return Batch.make(prompt_bp, lengths_b, active=active_b, max_new_tokens=max_new + [1] * (B - n),
+                          sampling=configs, eos_ids=eos_rows, keys=row_keys(seed, n, B), eos_slots=slots,
+                          vocab_size=self.vocab_limit or self.vocab_rows)
+
+    def program(self, decoder: Decoder, batch: Batch) -> tuple[Program, float]:
+        """The compiled program for `decoder` and the shapes of `batch` (from the cache) -> (program, compile s)."""
+        key = ("program", decoder, _signature(batch), self.mesh, self.rules, self.draft_rules,
                _signature(self.params), _signature(self.draft_params))
         return COMPILED.get_or_build(key, lambda: compile_program(
-            decoder, self.params, self.draft_params, prompt_shape, self.mesh, rules=self.rules,
+            decoder, self.params, self.draft_params, batch, self.mesh, rules=self.rules,
             draft_rules=self.draft_rules))
 
-    def __call__(self, prompts, *, sampling: SamplingConfig | None = None, max_new_tokens: int = 64, seed: int = 0,
-                 chat: bool = False) -> GenerateResult:
-        sampling = sampling or SamplingConfig()
+    def __call__(self, prompts, *, sampling: SamplingConfig | Sequence[SamplingConfig] | None = None,
+                 max_new_tokens: int | Sequence[int] = 64, seed: int | Sequence[int] = 0, chat: bool = False,
+                 eos_ids: Sequence[int] | Sequence[Sequence[int]] | None = None) -> GenerateResult:
+        """Generate for `prompts` (text, or token ids). sampling, max_new_tokens, seed and eos_ids take one
+        value for every prompt or a list with one per prompt; none of them causes a compilation.
+        Randomness: see `row_keys` (seed=[s0, s1, ...] makes each row reproducible on its own)."""
         ids = encode_prompts(self.tokenizer, prompts, chat=chat)
         V = self.vocab_rows
         for i, p in enumerate(ids):
             if min(p) < 0 or max(p) >= V:
                 raise ConfigError(f"prompt {i} has token ids outside [0, {V})")
-        prompt_bp, lengths_b, active_b = pad_batch(ids)
-        decoder = self.decoder(sampling=sampling, max_new_tokens=max_new_tokens, prompt_len=prompt_bp.shape[1])
-        program, compile_s = self.program(decoder, prompt_bp.shape)
+        batch = self.batch(ids, sampling=sampling, max_new_tokens=max_new_tokens, seed=seed, eos_ids=eos_ids)
+        decoder = self.decoder(max_new_tokens=int(jnp.max(batch.max_new_tokens)), prompt_len=batch.prompt.shape[1])
+        before = COMPILED.compilations
+        program, compile_s = self.program(decoder, batch)
         started = time.perf_counter()
-        state = program(self.params, self.draft_params, prompt_bp, lengths_b, active_b, jax.random.key(seed))
+        state = program(self.params, self.draft_params, batch)
         jax.block_until_ready(state.tokens)
         run_s = time.perf_counter() - started
         result = self._result(state, ids, compile_s, run_s)
-        result.stats["memory"] = self.memory(batch=prompt_bp.shape[0], length=decoder.size)
+        result.timing["compilations"] = COMPILED.compilations - before
+        result.stats["memory"] = self.memory(batch=batch.prompt.shape[0], length=decoder.size)
         return result
 
     def memory(self, *, batch: int, length: int) -> dict:
@@ -267,7 +349,7 @@ class Sampler:
 
     def _result(self, state, ids, compile_s: float, run_s: float) -> GenerateResult:
         n = len(ids)
-        state = state.replace(cache=None, draft=None, key=None)  # only tokens, lengths and counters come back
+        state = state.replace(cache=None, draft=None, keys=None)  # only tokens, lengths and counters come back
         state = jax.tree.map(_host, state)
         out = [state.tokens[i, state.prompt_lengths[i]:state.lengths[i]].tolist() for i in range(n)]
         text = [self.tokenizer.decode(o) for o in out] if self.tokenizer is not None else None

@@ -52,3 +52,35 @@ def test_generate_with_draft_model_reports_statistics(hf_dir, capsys):
     stats = spec["stats"]
     assert stats["acceptance_rate"] == 1.0 and len(stats["acceptance_by_position"]) == 3
     assert {"rounds", "drafted", "accepted", "mean_tokens_per_round"} <= set(stats)
+
+
+def test_a_second_process_loads_the_compiled_programs_from_the_persistent_cache(hf_dir, tmp_path):
+    """Two `specjax generate` processes, same model and buckets, different temperature and length:
+    the first writes the compiled programs under $SPECJAX_CACHE, the second reads them back and adds
+    nothing; with --no-compile-cache nothing is written at all."""
+    import os
+    import subprocess
+    import sys
+
+    def run(*extra, cache):
+        env = dict(os.environ, SPECJAX_CACHE=str(cache), JAX_COMPILATION_CACHE_DIR="")
+        cmd = [sys.executable, "-m", "specjax.cli", "generate", "--target", str(hf_dir), "--prompt", "hello world",
+               "--drafter", "ngram:2", "--json", *extra]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def entries(cache):
+        return sorted(p.name for p in (cache / "jax-compile").iterdir()) if (cache / "jax-compile").exists() else []
+
+    cache = tmp_path / "cache"
+    first = run("--max-new-tokens", "6", cache=cache)
+    written = entries(cache)
+    assert first["timing"]["compilations"] == 1 and len(written) > 0
+    second = run("--max-new-tokens", "9", "--temperature", "0.8", cache=cache)
+    assert second["timing"]["compilations"] == 1  # built in this process, from executables on disk
+    assert entries(cache) == written, "the second process compiled programs the first had already stored"
+    assert len(second["tokens"][0]) <= 9
+    off = tmp_path / "off"
+    run("--max-new-tokens", "6", "--no-compile-cache", cache=off)
+    assert entries(off) == []

@@ -20,7 +20,7 @@ import pytest
 from conftest import tiny_lm
 
 from specjax import loop, rejection, sampling
-from specjax.config import DecodeConfig, SamplingConfig
+from specjax.config import GREEDY, SamplingConfig
 from specjax.drafters import registry
 from specjax.lm import LM
 
@@ -57,26 +57,32 @@ def exact_distribution(target, cfg: SamplingConfig) -> np.ndarray:
 DRAFTERS = ["model", "layerskip:1", "layerskip:1:own", "ngram:2"]
 
 
-def accept_always(key, proposal, target_logits_bg1v, cfg: SamplingConfig, vocab_size=None):
+def accept_always(keys_b, proposal, target_logits_bg1v, cfg, vocab_size=None):
     """A deliberately wrong rule: accept every proposal made, then draw the next token from p."""
     n_b = jnp.sum(jnp.cumprod(proposal.tokens >= 0, axis=1), axis=1)
     p_bg1v = sampling.warp(target_logits_bg1v, cfg, vocab_size)
     p_n_bv = jnp.take_along_axis(p_bg1v, n_b[:, None, None], axis=1)[:, 0]
-    next_b = jax.random.categorical(key, jnp.log(p_n_bv), axis=-1).astype(jnp.int32)
-    return rejection.verdict(proposal, n_b, next_b)
+    return rejection.verdict(proposal, n_b, sampling.sample_probs(keys_b, p_n_bv))
+
+
+def sample_rows(target, draft, configs: list, rule=rejection.accept, seed: int = 0) -> np.ndarray:
+    """One batched decode of len(configs) copies of PROMPT, row b sampled with configs[b] -> its K
+    tokens as an index into the V^K continuations [rows]."""
+    lm, params = LM.split(target.module)
+    resolved = registry.resolve(draft, target)
+    rows = len(configs)
+    prompt = jnp.tile(jnp.asarray(PROMPT, jnp.int32), (rows, 1))
+    dec = loop.Decoder(lm=lm, drafter=resolved.drafter, gamma=GAMMA, size=len(PROMPT) + K + GAMMA + 2, rule=rule)
+    batch = loop.Batch.make(prompt, jnp.full((rows,), len(PROMPT)), max_new_tokens=K, sampling=configs,
+                            key=jax.random.key(seed))
+    state = loop.generate(dec, params, resolved.params, batch)
+    out = np.asarray(state.tokens)[:, len(PROMPT):len(PROMPT) + K]
+    assert np.all(np.asarray(state.lengths) == len(PROMPT) + K)
+    return sum(out[:, i] * V ** (K - 1 - i) for i in range(K))
 
 
 def sample_continuations(target, draft, cfg: SamplingConfig, rule=rejection.accept, seed: int = 0) -> np.ndarray:
-    lm, params = LM.split(target.module)
-    resolved = registry.resolve(draft, target)
-    prompt = jnp.tile(jnp.asarray(PROMPT, jnp.int32), (N, 1))
-    dec = loop.Decoder(lm=lm, drafter=resolved.drafter, gamma=GAMMA, sampling=cfg,
-                       decode=DecodeConfig(max_new_tokens=K), size=len(PROMPT) + K + GAMMA + 2, rule=rule)
-    state = loop.generate(dec, params, resolved.params, prompt, jnp.full((N,), len(PROMPT)), jnp.ones((N,), bool),
-                          jax.random.key(seed))
-    out = np.asarray(state.tokens)[:, len(PROMPT):len(PROMPT) + K]
-    assert np.all(np.asarray(state.lengths) == len(PROMPT) + K)
-    index = sum(out[:, i] * V ** (K - 1 - i) for i in range(K))
+    index = sample_rows(target, draft, [cfg] * N, rule=rule, seed=seed)
     return np.bincount(index, minlength=V ** K)
 
 
@@ -127,3 +133,31 @@ def test_draft_disagrees_with_target(models):
     cfg = CONFIGS["temperature-1"]
     tv = 0.5 * np.abs(exact_distribution(target, cfg) - exact_distribution(draft, cfg)).sum()
     assert tv > 0.3
+
+
+# one batch, a different setting per row (interleaved, so every round mixes greedy and sampled rows)
+MIXED = [GREEDY, SamplingConfig(temperature=0.7), SamplingConfig(temperature=1.0, top_k=5),
+         SamplingConfig(temperature=0.9, top_p=0.8)]
+PER_SETTING = 12_000
+
+
+@pytest.mark.parametrize("drafter", ["model", "ngram:2"])
+def test_each_row_follows_its_own_setting_in_a_mixed_batch(models, drafter):
+    target, draft = models
+    index = sample_rows(target, draft if drafter == "model" else drafter, MIXED * PER_SETTING, seed=3)
+    for i, cfg in enumerate(MIXED):
+        counts = np.bincount(index[i::len(MIXED)], minlength=V ** K)
+        dist = exact_distribution(target, cfg)
+        if cfg.greedy:  # a point mass: every greedy row is the greedy continuation
+            assert counts[np.argmax(dist)] == PER_SETTING and dist.max() == pytest.approx(1.0)
+            continue
+        p_value = chi_square_p_value(counts, dist)
+        assert p_value > 1e-3, f"{drafter} row setting {cfg}: p = {p_value:.2e}"
+
+
+def test_wrong_acceptance_rule_is_detected_in_a_mixed_batch(models):
+    target, draft = models
+    index = sample_rows(target, draft, MIXED * PER_SETTING, rule=accept_always, seed=3)
+    for i, cfg in enumerate(MIXED[1:], start=1):
+        p_value = chi_square_p_value(np.bincount(index[i::len(MIXED)], minlength=V ** K), exact_distribution(target, cfg))
+        assert p_value < 1e-6, f"{cfg}: the always-accept rule was not detected (p = {p_value:.2e})"

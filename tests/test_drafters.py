@@ -20,7 +20,8 @@ from specjax.models import Tokenizer
 def _lookup(seq, gamma, nmax, nmin=1, eos=(), size=24):
     buf = np.zeros((1, size), np.int32)
     buf[0, :len(seq)] = seq
-    props, n = lookup(jnp.asarray(buf), jnp.asarray([len(seq)]), gamma, nmax=nmax, nmin=nmin, eos_ids=eos)
+    eos_be = jnp.asarray([list(eos) + [-1]], jnp.int32)  # one row's EOS ids, -1 = unused slot
+    props, n = lookup(jnp.asarray(buf), jnp.asarray([len(seq)]), gamma, nmax=nmax, nmin=nmin, eos_be=eos_be)
     return [int(t) for t in np.asarray(props)[0]], int(n[0])
 
 

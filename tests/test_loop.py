@@ -12,7 +12,7 @@ import pytest
 from conftest import perturbed, tiny_lm
 
 from specjax import api, loop, sampler
-from specjax.config import DecodeConfig, SamplingConfig
+from specjax.config import SamplingConfig
 from specjax.drafters import ModelDrafter, Stateless, registry
 from specjax.errors import ConfigError
 from specjax.rejection import Proposal
@@ -70,10 +70,10 @@ def _run_spec(target, draft, prompts, *, gamma, max_new, eos=(), sampling=Sampli
     dlm, dparams = LM.split(draft.module)
     prompt_bp, lengths_b, active_b = sampler.pad_batch(prompts)
     size = prompt_bp.shape[1] + max_new + gamma + 2
-    decode = DecodeConfig(max_new_tokens=max_new, eos_ids=tuple(eos))
-    dec = loop.Decoder(lm=lm, drafter=ModelDrafter(dlm), gamma=gamma, sampling=sampling, decode=decode, size=size)
-    return loop.generate(dec, params, dparams, jnp.asarray(prompt_bp), jnp.asarray(lengths_b), jnp.asarray(active_b),
-                         jax.random.key(seed))
+    dec = loop.Decoder(lm=lm, drafter=ModelDrafter(dlm), gamma=gamma, size=size)
+    batch = loop.Batch.make(prompt_bp, lengths_b, active=active_b, max_new_tokens=max_new, eos_ids=tuple(eos),
+                            sampling=sampling, key=jax.random.key(seed))
+    return loop.generate(dec, params, dparams, batch)
 
 
 def test_eos_inside_an_accepted_block_truncates_the_row(target, ar_tokens):
@@ -178,10 +178,10 @@ def _decode(target, drafter, sampling, *, gamma=3, max_new=24, seed=0, eos=()):
     lm, params = LM.split(target.module)
     prompt_bp, lengths_b, active_b = sampler.pad_batch(PROMPTS)
     size = prompt_bp.shape[1] + max_new + gamma + 2
-    dec = loop.Decoder(lm=lm, drafter=drafter, gamma=gamma, sampling=sampling, size=size,
-                       decode=DecodeConfig(max_new_tokens=max_new, eos_ids=tuple(eos)))
-    return loop.generate(dec, params, None, jnp.asarray(prompt_bp), jnp.asarray(lengths_b), jnp.asarray(active_b),
-                         jax.random.key(seed))
+    dec = loop.Decoder(lm=lm, drafter=drafter, gamma=gamma, size=size)
+    batch = loop.Batch.make(prompt_bp, lengths_b, active=active_b, max_new_tokens=max_new, eos_ids=tuple(eos),
+                            sampling=sampling, key=jax.random.key(seed))
+    return loop.generate(dec, params, None, batch)
 
 
 @pytest.mark.parametrize("inner", ["layerskip:1", "ngram:2"])
@@ -245,7 +245,7 @@ class Abstainer(Stateless):
     name: str = "abstainer"
     may_abstain: bool = True
 
-    def propose(self, draft_params, target_params, state, key, gamma, sampling, vocab_size):
+    def propose(self, draft_params, target_params, state, keys, gamma, sampling, vocab_size):
         return Proposal(jnp.full((state.tokens.shape[0], gamma), -1, jnp.int32)), state
 
 
@@ -275,7 +275,7 @@ def test_abstaining_rounds_still_show_the_drafter_the_newest_tokens_features(sam
 
 def test_decoder_settings_are_checked():
     lm, _ = LM.split(tiny_lm(0, layers=3).module)
-    common = dict(lm=lm, sampling=SamplingConfig(), decode=DecodeConfig(max_new_tokens=4), size=32)
+    common = dict(lm=lm, size=32)
     with pytest.raises(ConfigError, match=r"taps \(0, 4\).*\[0, 3\]"):
         loop.Decoder(drafter=Recorder(inner=Abstainer(), taps=(0, 4), gamma=2, dim=32), gamma=2, **common)
     with pytest.raises(ConfigError, match="distinct"):

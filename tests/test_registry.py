@@ -41,8 +41,8 @@ def test_parse_refuses_bad_strings_and_names_them(text, match):
 
 def test_resolve_builds_each_drafter_for_the_target():
     target = tiny_lm(0, layers=4)
-    r = registry.resolve("ngram:3:2", target, eos_ids=(5,))
-    assert r.drafter == NGramDrafter(nmax=3, nmin=2, eos_ids=(5,)) and r.params is None
+    r = registry.resolve("ngram:3:2", target)
+    assert r.drafter == NGramDrafter(nmax=3, nmin=2) and r.params is None
     r = registry.resolve("layerskip:0,3", target)
     assert isinstance(r.drafter, SharedCacheLayerSkip) and r.drafter.layers == (0, 3) and r.params is None
     r = registry.resolve("layerskip:2:own", target)

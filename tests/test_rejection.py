@@ -9,6 +9,7 @@ import numpy as np
 from specjax.rejection import accept_given_uniforms, accept_greedy, accept_sampled, residual
 
 KEY = jax.random.key(0)
+KEYS = jax.random.split(KEY, 1)  # one key per row
 
 
 def _p(*rows):
@@ -100,7 +101,7 @@ def test_no_nan_and_residual_sampling_frequencies():
     p = jnp.broadcast_to(jnp.asarray([[0.3, 0.4, 0.3], [1.0, 0.0, 0.0]]), (B, 2, 3))
     q = jnp.broadcast_to(jnp.asarray([[[0.6, 0.2, 0.2]]]), (B, 1, 3))
     draft = jax.random.categorical(jax.random.key(1), jnp.log(q[:, 0]), axis=-1)[:, None]
-    n, nxt = accept_sampled(jax.random.key(2), draft, q, p)
+    n, nxt = accept_sampled(jax.random.split(jax.random.key(2), B), draft, q, p)
     first = np.where(np.asarray(n) == 1, np.asarray(draft[:, 0]), np.asarray(nxt))
     freq = np.bincount(first, minlength=3) / B
     np.testing.assert_allclose(freq, [0.3, 0.4, 0.3], atol=0.015)
@@ -125,14 +126,14 @@ def test_accept_warps_the_target_and_returns_the_emitted_block():
 
     logits = jnp.log(jnp.asarray([[[0.1, 0.7, 0.2], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]]]))  # [1, G+1=3, V=3]
     # greedy: proposals [1, 2] against argmaxes [1, 0, 2] -> the first is accepted, then argmax 0
-    v = accept(KEY, Proposal(jnp.asarray([[1, 2]])), logits, SamplingConfig())
+    v = accept(KEYS, Proposal(jnp.asarray([[1, 2]])), logits, SamplingConfig())
     assert int(v.accepted[0]) == 1 and v.tokens.tolist() == [[1, 0, 0]] and int(v.count[0]) == 2
     assert v.proposed.tolist() == [[True, True]]
     # ids >= vocab_size are masked before the argmax: with V = 2, position 2's argmax is 0 or 1
-    v = accept(KEY, Proposal(jnp.asarray([[1, 0]])), logits, SamplingConfig(), vocab_size=2)
+    v = accept(KEYS, Proposal(jnp.asarray([[1, 0]])), logits, SamplingConfig(), vocab_size=2)
     assert int(v.accepted[0]) == 2 and v.tokens[0, 2] in (0, 1)
     # sampled with top-k 1 is the argmax again, through the warped target
-    v = accept(KEY, Proposal(jnp.asarray([[1, 2]]), None), logits, SamplingConfig(temperature=1.0, top_k=1))
+    v = accept(KEYS, Proposal(jnp.asarray([[1, 2]]), None), logits, SamplingConfig(temperature=1.0, top_k=1))
     assert int(v.accepted[0]) == 1 and v.tokens.tolist() == [[1, 0, 0]]
     # the block for a hand-made decision
     b = verdict(Proposal(jnp.asarray([[4, 5, -1]])), jnp.asarray([2]), jnp.asarray([7]))

@@ -12,6 +12,7 @@ from conftest import perturbed, tiny_lm
 from specjax import api, loop, sampler
 from specjax.config import SamplingConfig
 from specjax.errors import ConfigError
+from specjax.sampling import TOP_K_BOUND
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +23,14 @@ def target():
 def test_buckets_are_powers_of_two_with_a_floor():
     assert [sampler.bucket(n) for n in (1, 2, 3, 4, 5, 16, 17)] == [1, 2, 4, 4, 8, 16, 32]
     assert sampler.bucket(3, minimum=16) == 16 and sampler.bucket(0) == 1
+
+
+def test_buffer_sizes_follow_the_ladder_of_powers_of_two_and_one_and_a_half_times_them():
+    sizes = [sampler.size_bucket(n) for n in (1, 16, 17, 24, 25, 32, 33, 48, 49, 64, 65, 96, 97, 1000)]
+    assert sizes == [16, 16, 24, 24, 32, 32, 48, 48, 64, 64, 96, 96, 128, 1024]
+    for n in range(1, 3000):
+        s = sampler.size_bucket(n)
+        assert s >= n and (s < 2 * n or s == 16), n  # always fits, never more than twice what was asked
 
 
 def test_pad_batch_pads_rows_and_length_to_buckets():
@@ -54,19 +63,19 @@ def test_one_sampler_serves_many_calls_and_matches_the_pure_loop(target):
     s = sampler.Sampler(target, "layerskip:1", gamma=3)
     for prompts, cfg, seed in (([[1, 2, 3]], SamplingConfig(), 0), ([[4, 5, 6, 7], [8]], SamplingConfig(temperature=0.9), 3)):
         got = s(prompts, max_new_tokens=8, sampling=cfg, seed=seed)
-        prompt_bp, lengths_b, active_b = sampler.pad_batch(prompts)
-        decoder = s.decoder(sampling=cfg, max_new_tokens=8, prompt_len=prompt_bp.shape[1])
-        state = loop.generate(decoder, s.params, s.draft_params, prompt_bp, lengths_b, active_b, jax.random.key(seed))
+        batch = s.batch(prompts, sampling=cfg, max_new_tokens=8, seed=seed)
+        decoder = s.decoder(max_new_tokens=8, prompt_len=batch.prompt.shape[1])
+        state = loop.generate(decoder, s.params, s.draft_params, batch)
         want = [np.asarray(state.tokens)[i, len(p):int(state.lengths[i])].tolist() for i, p in enumerate(prompts)]
         assert got.tokens == want
 
 
 def test_the_decode_state_is_donated_to_the_loop(target):
     s = sampler.Sampler(target, "ngram:2", gamma=2)
-    prompt_bp, lengths_b, active_b = sampler.pad_batch([[1, 2, 1, 2]])
-    decoder = s.decoder(sampling=SamplingConfig(), max_new_tokens=4, prompt_len=prompt_bp.shape[1])
-    program, _ = s.program(decoder, prompt_bp.shape)
-    state = program.start(s.params, s.draft_params, prompt_bp, lengths_b, active_b, jax.random.key(0))
+    batch = s.batch([[1, 2, 1, 2]], max_new_tokens=4)
+    decoder = s.decoder(max_new_tokens=4, prompt_len=batch.prompt.shape[1])
+    program, _ = s.program(decoder, batch)
+    state = program.start(*program.place(s.params, s.draft_params, batch))
     out = program.run(s.params, s.draft_params, state)
     assert state.tokens.is_deleted() and state.cache.k.is_deleted()  # their buffers were reused in place
     assert int(out.lengths[0]) == 4 + 4
@@ -113,3 +122,94 @@ def test_compiled_cache_evicts_the_least_recently_used():
     assert list(cache.table) == ["c", "a"] and cache.compilations == 4
     entry, seconds = cache.get_or_build("c", lambda: "never built")
     assert entry == "C" and seconds == 0.0 and list(cache.table) == ["a", "c"]
+
+
+# -- compile once: settings and lengths are runtime values ---------------------------------------
+
+SWEEP_TEMPERATURES = [0.0, 0.5, 0.7, 0.9, 1.0]  # 0 = greedy
+SWEEP_TOP_P = [1.0, 0.9, 0.8]
+SWEEP_LENGTHS = [8, 9, 10, 11]  # one buffer bucket (S = 32) with and without a drafter
+
+
+@pytest.mark.parametrize("drafter", [None, "ngram:2", "layerskip:1", "model"])
+def test_a_sweep_of_settings_and_lengths_compiles_once(target, drafter):
+    draft = perturbed(target, 1, 0.005) if drafter == "model" else drafter
+    s = sampler.Sampler(target, draft, gamma=3)
+    prompts = [[1, 2, 3, 1, 2, 3], [4, 5]]
+    sampler.COMPILED.clear()  # so the first call compiles here, whatever earlier tests left
+    before = sampler.COMPILED.compilations
+    first = s(prompts, max_new_tokens=SWEEP_LENGTHS[0], seed=0)
+    assert first.timing["compilations"] == 1 and sampler.COMPILED.compilations == before + 1
+    handler, logger = _CompileCounter(), logging.getLogger("jax")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    outputs = {}
+    try:
+        with jax.log_compiles(True):
+            for t in SWEEP_TEMPERATURES:
+                for p in SWEEP_TOP_P:
+                    for n in SWEEP_LENGTHS:
+                        r = s(prompts, sampling=SamplingConfig.make(t, None, p), max_new_tokens=n, seed=1)
+                        assert r.timing["compilations"] == 0 and r.timing["compile_s"] == 0.0, (t, p, n)
+                        assert [len(x) for x in r.tokens] == [n, n]  # no EOS here: every row runs to its limit
+                        outputs[t, p, n] = r.tokens
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert sampler.COMPILED.compilations == before + 1
+    assert handler.count == 0, "JAX compiled something during the sweep"
+    # the settings did reach the program: greedy outputs are prefixes of each other, sampled ones vary
+    assert outputs[0.0, 1.0, 8] == [o[:8] for o in outputs[0.0, 0.8, 11]]
+    assert len({str(v) for k, v in outputs.items() if k[0] == 1.0}) > 1
+
+
+def test_top_k_up_to_the_bound_shares_the_program_and_a_larger_one_raises_the_bound():
+    s = sampler.Sampler(tiny_lm(0, vocab=256), "ngram:2", gamma=2)
+    sampler.COMPILED.clear()
+    before = sampler.COMPILED.compilations
+    for k in (None, 1, 5, TOP_K_BOUND):
+        s([[1, 2, 3]], sampling=SamplingConfig(temperature=0.8, top_k=k), max_new_tokens=6)
+    assert sampler.COMPILED.compilations == before + 1
+    for k in (TOP_K_BOUND + 1, 2 * TOP_K_BOUND):  # the bound becomes 2 * TOP_K_BOUND: one more program
+        s([[1, 2, 3]], sampling=SamplingConfig(temperature=0.8, top_k=k), max_new_tokens=6)
+    assert sampler.COMPILED.compilations == before + 2
+    s([[1, 2, 3]], sampling=SamplingConfig(temperature=0.8, top_k=256), max_new_tokens=6)  # the whole vocabulary: off
+    assert sampler.COMPILED.compilations == before + 2
+
+
+MIXED = [SamplingConfig(), SamplingConfig(temperature=0.7), SamplingConfig(temperature=1.0, top_k=5),
+         SamplingConfig(temperature=0.9, top_p=0.8)]
+MIXED_PROMPTS = [[1, 2, 3, 1, 2, 3, 1], [9, 8, 7], [20, 21, 22, 23, 20, 21], [40, 41]]
+
+
+@pytest.mark.parametrize("drafter", [None, "ngram:2", "layerskip:1", "model"])
+def test_each_row_of_a_mixed_batch_equals_that_row_run_alone(target, drafter):
+    """Row b's randomness is keyed by its own seed only (`sampler.row_keys`): a batch with a different
+    setting, length and seed per row gives every row what it gives alone."""
+    draft = perturbed(target, 1, 0.005) if drafter == "model" else drafter
+    s = sampler.Sampler(target, draft, gamma=3)
+    seeds, lengths = [11, 12, 13, 14], [12, 9, 12, 7]
+    batch = s(MIXED_PROMPTS, sampling=MIXED, max_new_tokens=lengths, seed=seeds)
+    for b in range(4):
+        alone = s([MIXED_PROMPTS[b]], sampling=MIXED[b], max_new_tokens=lengths[b], seed=[seeds[b]])
+        assert batch.tokens[b] == alone.tokens[0], f"row {b} ({MIXED[b]})"
+    assert [len(t) for t in batch.tokens] == lengths
+    # and the settings matter: the same rows with other seeds differ somewhere among the sampled rows
+    other = s(MIXED_PROMPTS, sampling=MIXED, max_new_tokens=lengths, seed=[21, 22, 23, 24])
+    assert other.tokens[0] == batch.tokens[0] and other.tokens[1:] != batch.tokens[1:]
+
+
+def test_eos_ids_and_lengths_per_row(target):
+    s = sampler.Sampler(target, "ngram:2", gamma=2, eos_ids=())
+    free = s(MIXED_PROMPTS[:2], max_new_tokens=10)
+    stop = free.tokens[0][3]  # a token the first row emits at index 3 (its first occurrence ends the row)
+    cut = free.tokens[0].index(stop) + 1
+    out = s(MIXED_PROMPTS[:2], max_new_tokens=[10, 4], eos_ids=[(stop,), ()])
+    assert out.tokens[0] == free.tokens[0][:cut] and out.tokens[1] == free.tokens[1][:4]
+    with pytest.raises(ConfigError, match="max_new_tokens has 3 entries for 2 prompts"):
+        s(MIXED_PROMPTS[:2], max_new_tokens=[1, 2, 3])
+    with pytest.raises(ConfigError, match="max_new_tokens must be an integer >= 1"):
+        s(MIXED_PROMPTS[:2], max_new_tokens=[4, 0])
+    with pytest.raises(ConfigError, match="sampling has 1 entries for 2 prompts"):
+        s(MIXED_PROMPTS[:2], sampling=[SamplingConfig()])

@@ -75,16 +75,18 @@ def drafter_time(sampler: Sampler, *, batch: int, sampling: SamplingConfig, targ
     (the target's prefill, the drafter's `init` and `prefill`), so the drafter proposes from the
     caches it would have mid-decode."""
     gamma = sampler.gamma
-    dec = sampler.decoder(sampling=sampling, max_new_tokens=size - context - gamma - 2, prompt_len=context)
+    dec = loop.Decoder(lm=sampler.lm, size=size, vocab_size=sampler.vocab_limit, drafter=sampler.drafter, gamma=gamma)
     prompt_bp = context_tokens(batch, context, sampler.vocab_rows)
-    lengths_b = np.full((batch,), context, np.int32)
-    active_b = np.ones((batch,), bool)
+    batch_in = loop.Batch.make(prompt_bp, np.full((batch,), context, np.int32), sampling=sampling,
+                               max_new_tokens=size - context - gamma - 2, key=jax.random.key(0),
+                               vocab_size=sampler.vocab_limit)
     params, draft_params = sampler.params, sampler.draft_params
-    state = jax.jit(dec.start)(params, draft_params, prompt_bp, lengths_b, active_b, jax.random.key(0))
+    state = jax.jit(dec.start)(params, draft_params, batch_in)
+    keys_b = jax.random.split(jax.random.key(1), batch)
 
     @jax.jit
     def propose(draft_params, params, state):  # proposal and updated state returned: no dead code
-        return loop.draft(dec, params, draft_params, state, jax.random.key(1))
+        return loop.draft(dec, params, draft_params, state, keys_b)
 
     t = _median_time(propose, draft_params, params, state, repeats=repeats)
     return {"propose_s": t, "c": t / (gamma * target_step_s)}

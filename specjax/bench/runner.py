@@ -23,7 +23,7 @@ import numpy as np
 
 from specjax.config import SamplingConfig
 from specjax.report import COUNTERS, summarize_rounds
-from specjax.sampler import Sampler, encode_prompts, pad_batch
+from specjax.sampler import Sampler, encode_prompts
 
 
 def batches(prompts: Sequence, batch: int) -> list[list]:
@@ -81,10 +81,11 @@ def ttft_ms(sampler: Sampler, prompts: Sequence, *, batch: int = 1, sampling: Sa
     sampling = sampling or SamplingConfig()
     runs = []
     for group in batches(prompts, batch):
-        prompt_bp, lengths_b, active_b = pad_batch(encode_prompts(sampler.tokenizer, group, chat=chat))
-        decoder = sampler.decoder(sampling=sampling, max_new_tokens=max_new_tokens, prompt_len=prompt_bp.shape[1])
-        program, _ = sampler.program(decoder, prompt_bp.shape)
-        args = (sampler.params, sampler.draft_params, prompt_bp, lengths_b, active_b, jax.random.key(seed))
+        batch_in = sampler.batch(encode_prompts(sampler.tokenizer, group, chat=chat), sampling=sampling,
+                                 max_new_tokens=max_new_tokens, seed=seed)
+        decoder = sampler.decoder(max_new_tokens=max_new_tokens, prompt_len=batch_in.prompt.shape[1])
+        program, _ = sampler.program(decoder, batch_in)
+        args = (sampler.params, sampler.draft_params, batch_in)
 
         def start():  # `Program.__call__` up to its `run`
             return jax.block_until_ready(program.start(*program.place(*args)))

@@ -20,11 +20,13 @@ Methods, in the order the loop calls them:
     prefill(draft_params, target_params, dstate, prefill: TargetPrefill) -> dstate
         after the target's prefill: the prompts, their positions, the target's taps over them and
         the first committed token.
-    propose(draft_params, target_params, state, key, gamma, sampling, vocab_size) -> (Proposal, state)
+    propose(draft_params, target_params, state, keys, gamma, sampling, vocab_size) -> (Proposal, state)
         every round: G proposals per row. `state` is the loop's `SpecState` (committed token buffer
-        `tokens[B,S]`, `lengths[B]`, `done[B]`, the target's cache and `draft`); it comes back with
-        `draft` updated (a drafter that shares the target's cache may also write draft keys/values
-        into it: the verify pass overwrites those slots).
+        `tokens[B,S]`, `lengths[B]`, `done[B]`, each row's `eos_ids[B,E]`, the target's cache and
+        `draft`); it comes back with `draft` updated (a drafter that shares the target's cache may
+        also write draft keys/values into it: the verify pass overwrites those slots). keys [B] is
+        one PRNG key per row; sampling is the per-row `RowSampling` (greedy rows and sampled rows
+        may share a batch: `draw` handles both).
     observe(draft_params, target_params, dstate, observation: Observation) -> dstate
         after every round: what the target verified (its input tokens and positions, its taps at
         those positions), how many proposals each row accepted and how many tokens it committed.
@@ -50,8 +52,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from specjax import sampling as sampling_lib
-from specjax.config import SamplingConfig
 from specjax.rejection import Proposal
+from specjax.sampling import RowSampling
 
 
 @struct.dataclass
@@ -95,7 +97,7 @@ class Drafter(Protocol):
 
     def prefill(self, draft_params, target_params, dstate, prefill: TargetPrefill) -> Any: ...
 
-    def propose(self, draft_params, target_params, state, key, gamma: int, sampling: SamplingConfig,
+    def propose(self, draft_params, target_params, state, keys, gamma: int, sampling: RowSampling,
                 vocab_size: int | None) -> tuple[Proposal, Any]: ...
 
     def observe(self, draft_params, target_params, dstate, observation: Observation) -> Any: ...
@@ -117,16 +119,21 @@ class Stateless:
         return dstate
 
 
-def draw(key, logits_bv: jax.Array, cfg: SamplingConfig, vocab_size: int | None):
-    """One draft token per row from logits, and the distribution it came from.
+def draw(keys_b, logits_bv: jax.Array, sampling: RowSampling, vocab_size: int | None):
+    """One draft token per row from logits, and the distribution q [B,V] it came from.
 
-    Greedy: the argmax, q = None (a point mass). Otherwise: a sample from the warped distribution
-    (the same warp the target gets), and that distribution q [B,V].
-    """
-    if cfg.greedy:
-        return sampling_lib.greedy(logits_bv, vocab_size), None
-    q_bv = sampling_lib.warp(logits_bv, cfg, vocab_size)
-    return sampling_lib.sample_probs(key, q_bv), q_bv
+    A sampled row draws from its warped distribution (the same warp the target gets) with its own
+    key; a greedy row takes the argmax, and its q is that point mass. When every row is greedy no
+    softmax is computed."""
+    ids_b = sampling_lib.greedy(logits_bv, vocab_size)
+    point_bv = jax.nn.one_hot(ids_b, logits_bv.shape[-1], dtype=jnp.float32)
+
+    def sampled(x):
+        q_bv = sampling_lib.warp(x, sampling, vocab_size)
+        drawn_b = sampling_lib.sample_probs(keys_b, q_bv)
+        return jnp.where(sampling.greedy, ids_b, drawn_b), q_bv
+
+    return jax.lax.cond(jnp.all(sampling.greedy), lambda x: (ids_b, point_bv), sampled, logits_bv)
 
 
 def last_two(state) -> tuple[jax.Array, jax.Array]:
@@ -141,22 +148,20 @@ def last_two(state) -> tuple[jax.Array, jax.Array]:
     return tokens_b2, positions_b2
 
 
-def rollout(apply, cache, first_logits_bv, start_pos_b, key, gamma: int, sampling: SamplingConfig,
+def rollout(apply, cache, first_logits_bv, start_pos_b, keys_b, gamma: int, sampling: RowSampling,
             vocab_size: int | None):
     """Draw G tokens: the first from `first_logits_bv`, then G - 1 single-token steps of `apply`
     under `lax.scan`. apply(tokens [B,1], positions [B,1], cache) -> (logits [B,1,V], cache).
-    -> (Proposal, cache)."""
-    keys = jax.random.split(key, gamma)
-    first_b, first_q = draw(keys[0], first_logits_bv, sampling, vocab_size)
+    keys_b [B]: one key per row. -> (Proposal with q [B,G,V], cache)."""
+    keys_gb = jnp.stack(sampling_lib.split_keys(keys_b, gamma))
+    first_b, first_q = draw(keys_gb[0], first_logits_bv, sampling, vocab_size)
 
-    def step(carry, key_i):
+    def step(carry, keys_i):
         cache, prev_b, pos_b = carry
         logits_b1v, cache = apply(prev_b[:, None], pos_b[:, None], cache)
-        tok_b, q_bv = draw(key_i, logits_b1v[:, 0], sampling, vocab_size)
+        tok_b, q_bv = draw(keys_i, logits_b1v[:, 0], sampling, vocab_size)
         return (cache, tok_b, jnp.where(pos_b < 0, -1, pos_b + 1)), (tok_b, q_bv)
 
-    (cache, _, _), (rest_gb, rest_q) = jax.lax.scan(step, (cache, first_b, start_pos_b), keys[1:])
+    (cache, _, _), (rest_gb, rest_q) = jax.lax.scan(step, (cache, first_b, start_pos_b), keys_gb[1:])
     tokens_bg = jnp.concatenate([first_b[:, None], rest_gb.T], axis=1)
-    if first_q is None:
-        return Proposal(tokens_bg), cache
     return Proposal(tokens_bg, jnp.concatenate([first_q[:, None], jnp.swapaxes(rest_q, 0, 1)], axis=1)), cache

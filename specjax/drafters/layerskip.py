@@ -39,7 +39,7 @@ class SharedCacheLayerSkip(Stateless):
     name: str = "layerskip"
     may_abstain: bool = False
 
-    def propose(self, draft_params, target_params, state, key, gamma, sampling, vocab_size):
+    def propose(self, draft_params, target_params, state, keys, gamma, sampling, vocab_size):
         def apply(tokens_bt, positions_bt, cache):
             logits_btv, cache, _ = self.lm.forward(target_params, tokens_bt, positions_bt, cache, layers=self.layers)
             return logits_btv, cache
@@ -49,7 +49,7 @@ class SharedCacheLayerSkip(Stateless):
         pos_b = jnp.where(state.done, -1, state.lengths - 1)
         logits_b1v, cache = apply(newest_b[:, None], pos_b[:, None], state.cache)
         start_b = jnp.where(pos_b < 0, -1, pos_b + 1)
-        proposal, cache = rollout(apply, cache, logits_b1v[:, 0], start_b, key, gamma, sampling, vocab_size)
+        proposal, cache = rollout(apply, cache, logits_b1v[:, 0], start_b, keys, gamma, sampling, vocab_size)
         return proposal, state.replace(cache=cache)
 
 

@@ -37,7 +37,7 @@ class ModelDrafter(Stateless):
         _, cache, _ = module.hidden(prefill.tokens, prefill.positions, cache, layers=self.layers)
         return cache
 
-    def propose(self, draft_params, target_params, state, key, gamma, sampling, vocab_size):
+    def propose(self, draft_params, target_params, state, keys, gamma, sampling, vocab_size):
         params = self._params(draft_params, target_params)
 
         def apply(tokens_bt, positions_bt, cache):
@@ -47,7 +47,7 @@ class ModelDrafter(Stateless):
         tokens_b2, positions_b2 = last_two(state)
         logits_b2v, cache = apply(tokens_b2, positions_b2, state.draft)
         start_b = jnp.where(positions_b2[:, 1] < 0, -1, positions_b2[:, 1] + 1)
-        proposal, cache = rollout(apply, cache, logits_b2v[:, 1], start_b, key, gamma, sampling, vocab_size)
+        proposal, cache = rollout(apply, cache, logits_b2v[:, 1], start_b, keys, gamma, sampling, vocab_size)
         q_bgv = proposal.q
         if q_bgv is not None and self.target_vocab is not None and q_bgv.shape[-1] != self.target_vocab:
             extra = self.target_vocab - q_bgv.shape[-1]  # ids past the shared vocabulary have q = 0

@@ -22,7 +22,6 @@ from specjax.rejection import Proposal
 class NGramDrafter(Stateless):
     nmax: int = 3
     nmin: int = 1
-    eos_ids: tuple[int, ...] = ()
     name: str = "ngram"
     may_abstain: bool = True
 
@@ -30,14 +29,16 @@ class NGramDrafter(Stateless):
         if not 1 <= self.nmin <= self.nmax:
             raise ConfigError(f"ngram sizes must satisfy 1 <= NMIN <= NMAX, got NMAX={self.nmax} NMIN={self.nmin}")
 
-    def propose(self, draft_params, target_params, state, key, gamma, sampling, vocab_size):
+    def propose(self, draft_params, target_params, state, keys, gamma, sampling, vocab_size):
         tokens_bg, _ = lookup(state.tokens, state.lengths, gamma, nmax=self.nmax, nmin=self.nmin,
-                              eos_ids=self.eos_ids)
+                              eos_be=state.eos_ids)
         return Proposal(jnp.where(state.done[:, None], -1, tokens_bg)), state
 
 
-def lookup(tokens_bs, lengths_b, gamma: int, *, nmax: int, nmin: int = 1, eos_ids=()):
-    """-> (proposals [B,G] with -1 where there is none, match length n [B] (0 = no match))."""
+def lookup(tokens_bs, lengths_b, gamma: int, *, nmax: int, nmin: int = 1, eos_be=None):
+    """-> (proposals [B,G] with -1 where there is none, match length n [B] (0 = no match)).
+
+    eos_be [B,E]: each row's EOS ids (-1 = unused slot); nothing is proposed after one."""
     B, S = tokens_bs.shape
     L_b1 = lengths_b[:, None]
     cont_start_b = jnp.full((B,), -1, jnp.int32)
@@ -60,7 +61,7 @@ def lookup(tokens_bs, lengths_b, gamma: int, *, nmax: int, nmin: int = 1, eos_id
     pos_bg = cont_start_b[:, None] + jnp.arange(gamma)
     props_bg = jnp.take_along_axis(tokens_bs, jnp.clip(pos_bg, 0, S - 1), axis=1)
     ok_bg = (found_n_b[:, None] > 0) & (pos_bg < L_b1)
-    if eos_ids:
-        eos_bg = jnp.isin(props_bg, jnp.asarray(eos_ids)) & ok_bg
+    if eos_be is not None:
+        eos_bg = (props_bg[:, :, None] == jnp.asarray(eos_be)[:, None, :]).any(axis=-1) & ok_bg
         ok_bg &= (jnp.cumsum(eos_bg, axis=1) - eos_bg) == 0  # the EOS itself may be proposed, not beyond
     return jnp.where(ok_bg, props_bg, -1).astype(jnp.int32), found_n_b

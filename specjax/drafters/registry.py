@@ -77,7 +77,7 @@ def parse(text: str) -> DrafterSpec:
     raise ConfigError(f"unknown drafter {text!r}; use {SYNTAX}")
 
 
-def resolve(draft, target, *, eos_ids=(), load_model: Callable[[str], Any] | None = None) -> Resolved:
+def resolve(draft, target, *, load_model: Callable[[str], Any] | None = None) -> Resolved:
     """`draft` for `target` (a loaded model: `.module`, `.tokenizer`) -> Resolved.
 
     draft: a drafter string or `DrafterSpec`; a loaded draft model with the target's tokenizer; or
@@ -98,11 +98,11 @@ def resolve(draft, target, *, eos_ids=(), load_model: Callable[[str], Any] | Non
         if load_model is None:
             raise ConfigError(f"drafter {spec.text!r}: 'model:NAME' needs a model loader (the CLI and the bench "
                               "provide one); from Python, pass the loaded draft model itself")
-        return resolve(load_model(spec.name), target, eos_ids=eos_ids)
+        return resolve(load_model(spec.name), target)
     if spec.kind == "layerskip":
         lm = LM.split(target.module)[0]
         return Resolved(layer_skip(lm, parse_layers(spec.layers, lm.config.num_layers), spec.cache), None)
-    return Resolved(NGramDrafter(nmax=spec.nmax, nmin=spec.nmin, eos_ids=tuple(eos_ids)), None)
+    return Resolved(NGramDrafter(nmax=spec.nmax, nmin=spec.nmin), None)
 
 
 def check_vocabularies(target, draft) -> int | None:
