@@ -163,7 +163,8 @@ def per_prompt(name: str, value, n: int, single: type | tuple) -> list:
         return [value] * n
     if isinstance(value, (list, tuple)):
         if len(value) != n:
-            raise ConfigError(f"{name} has {len(value)} entries for {n} prompts; give one for all or one per prompt")
+            raise ConfigError(f"{name} has {len(value)} entries for {n} prompts; give one value for all of them "
+                              "or a list with one per prompt")
         return list(value)
     raise ConfigError(f"{name} must be one value for all prompts or a list with one per prompt, "
                       f"got {type(value).__name__}")
@@ -173,7 +174,7 @@ def row_keys(seed, n: int, batch: int) -> jax.Array:
     """PRNG keys [batch]: an int seed s gives row b fold_in(key(s), b); a list gives row b key(seed[b]), so
     a row run alone with seed=[s] draws what it drew in the batch. Padding rows get unused keys."""
     if isinstance(seed, (list, tuple)):
-        seeds = [int(x) for x in per_prompt("seed", seed, n, int)] + [0] * (batch - n)
+        seeds = [int(x) for x in per_prompt("seed", seed, n, (int, np.integer))] + [0] * (batch - n)
         return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(int(seed)), i))(jnp.arange(batch))
 
@@ -295,7 +296,7 @@ class Sampler:
         prompt_bp, lengths_b, active_b = pad_batch(ids)
         B = prompt_bp.shape[0]
         configs = per_prompt("sampling", sampling if sampling is not None else SamplingConfig(), n, SamplingConfig)
-        max_new = per_prompt("max_new_tokens", max_new_tokens, n, int)
+        max_new = per_prompt("max_new_tokens", max_new_tokens, n, (int, np.integer))
         for m in max_new:
             if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
                 raise ConfigError(f"max_new_tokens must be an integer >= 1, got {m!r}")
@@ -328,7 +329,8 @@ class Sampler:
             if min(p) < 0 or max(p) >= V:
                 raise ConfigError(f"prompt {i} has token ids outside [0, {V})")
         batch = self.batch(ids, sampling=sampling, max_new_tokens=max_new_tokens, seed=seed, eos_ids=eos_ids)
-        decoder = self.decoder(max_new_tokens=int(jnp.max(batch.max_new_tokens)), prompt_len=batch.prompt.shape[1])
+        decoder = self.decoder(max_new_tokens=int(np.max(np.asarray(batch.max_new_tokens))),
+                               prompt_len=batch.prompt.shape[1])
         before = COMPILED.compilations
         program, compile_s = self.program(decoder, batch)
         started = time.perf_counter()
