@@ -26,13 +26,9 @@ def _cmd_generate(args) -> int:
     from specjax.drafters import registry
     from specjax.errors import ConfigError
     from specjax.models import load
-    from specjax.sampler import Sampler, enable_compile_cache
+    from specjax.sampler import Sampler
 
     sampling = SamplingConfig.make(args.temperature, args.top_k, args.top_p)
-    if args.no_compile_cache:
-        os.environ["SPECJAX_COMPILE_CACHE"] = "0"
-    else:
-        enable_compile_cache()  # before anything compiles, so loading the model hits the cache too
     if args.drafter and args.draft:
         raise ConfigError(f"--draft {args.draft!r} and --drafter {args.drafter!r} both name a drafter; give one")
     drafter = args.drafter or (f"model:{args.draft}" if args.draft else None)
@@ -151,6 +147,12 @@ def main(argv=None) -> int:
         if args.command == "generate":  # multi-host flags or the SPECJAX_/JAX_ environment variables
             from specjax.sharding import distributed_init
 
+            from specjax.sampler import enable_compile_cache
+
+            if args.no_compile_cache:  # every Sampler of this process reads it
+                os.environ["SPECJAX_COMPILE_CACHE"] = "0"
+            else:
+                enable_compile_cache()  # before anything compiles, so loading the model hits the cache too
             started = distributed_init(args.coordinator, args.num_processes, args.process_id, args.local_devices)
             if not started and args.local_devices:
                 import jax

@@ -57,7 +57,7 @@ def test_generate_with_draft_model_reports_statistics(hf_dir, capsys):
 def test_a_second_process_loads_the_compiled_programs_from_the_persistent_cache(hf_dir, tmp_path):
     """Two `specjax generate` processes, same model and buckets, different temperature and length:
     the first writes the compiled programs under $SPECJAX_CACHE, the second reads them back and adds
-    nothing; with --no-compile-cache nothing is written at all."""
+    nothing."""
     import os
     import subprocess
     import sys
@@ -81,6 +81,29 @@ def test_a_second_process_loads_the_compiled_programs_from_the_persistent_cache(
     assert second["timing"]["compilations"] == 1  # built in this process, from executables on disk
     assert entries(cache) == written, "the second process compiled programs the first had already stored"
     assert len(second["tokens"][0]) <= 9
-    off = tmp_path / "off"
-    run("--max-new-tokens", "6", "--no-compile-cache", cache=off)
-    assert entries(off) == []
+
+
+def test_the_compile_cache_switch(tmp_path, monkeypatch):
+    import os
+
+    import jax
+
+    from specjax import cli, sampler
+
+    monkeypatch.setenv("SPECJAX_CACHE", str(tmp_path))
+    monkeypatch.setenv("SPECJAX_COMPILE_CACHE", "0")
+    assert sampler.enable_compile_cache() is None
+    monkeypatch.setenv("SPECJAX_COMPILE_CACHE", "1")
+    assert sampler.enable_compile_cache() == jax.config.jax_compilation_cache_dir  # the test session's own: kept
+    configured = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)  # as in a process nobody configured
+    try:
+        assert sampler.enable_compile_cache() == str(tmp_path / "jax-compile")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax-compile")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", configured)
+    # --no-compile-cache turns it off for the whole process (read by every Sampler it builds)
+    seen = []
+    monkeypatch.setattr(cli, "_cmd_generate", lambda args: seen.append(os.environ["SPECJAX_COMPILE_CACHE"]) or 0)
+    assert cli.main(["generate", "--target", "t", "--no-compile-cache"]) == 0
+    assert cli.main(["generate", "--target", "t"]) == 0 and seen == ["0", "0"]  # off stays off
