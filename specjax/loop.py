@@ -79,8 +79,7 @@ class Batch:
 
     @classmethod
     def make(cls, prompt_bp, lengths_b, *, max_new_tokens, sampling=GREEDY, eos_ids=(), key=None, keys=None,
-             active=None, eos_slots: int | None = None, vocab_size: int | None = None,
-             top_k_bound: int | None = None) -> "Batch":
+             active=None, eos_slots: int | None = None, vocab_size: int | None = None) -> "Batch":
         """Broadcast per-call settings to rows: `max_new_tokens` an int or one per row; `sampling` a
         SamplingConfig or one per row; `eos_ids` a tuple for every row or one tuple per row; `keys`
         [B] or one `key` (row b gets fold_in(key, b)); `active` defaults to all rows."""
@@ -96,7 +95,7 @@ class Batch:
         for b, e in enumerate(eos_rows):
             eos_be[b, :len(e)] = e
         rs = RowSampling.of(sampling if isinstance(sampling, SamplingConfig) else list(sampling), B,
-                            vocab_size=vocab_size, top_k_bound=top_k_bound)
+                            vocab_size=vocab_size)
         return cls(prompt=prompt_bp, lengths=jnp.asarray(lengths_b, jnp.int32),
                    active=jnp.ones((B,), bool) if active is None else jnp.asarray(active, bool), keys=keys,
                    sampling=jax.tree.map(jnp.asarray, rs),

@@ -10,9 +10,9 @@ Sampling settings, `max_new_tokens`, EOS ids and seeds are runtime values (per r
 `loop.Batch`), so they never cause a compilation. What is static is bounded and bucketed: prompts
 are padded to power-of-two length buckets (at least `MIN_PROMPT_BUCKET`), the batch to a
 power-of-two size, the buffer length S to the ladder of `size_bucket` (16, 24, 32, 48, 64, 96, ...:
-powers of two and 1.5 times them), and top-k to `sampling.TOP_K_BOUND` (a larger k raises the bound:
-one more program). A call whose buckets were seen before reuses the compiled program; compile time
-is measured apart from run time. Compiled programs also persist on disk (`enable_compile_cache`), so
+powers of two and 1.5 times them), and EOS ids to `EOS_SLOTS` per row (more raise it to a power
+of two). A call whose buckets were seen before reuses the compiled program; compile time is
+measured apart from run time. Compiled programs also persist on disk (`enable_compile_cache`), so
 a second process loads instead of compiling.
 """
 

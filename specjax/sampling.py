@@ -5,10 +5,13 @@ so the rejection rule compares two distributions built the same way. Greedy (tem
 point mass on the argmax. Axes: B batch (leading), any further axes, V vocabulary last.
 
 Settings are runtime values (`RowSampling`: one temperature, top-k, top-p and greedy flag per row),
-so a sweep over them reuses one compiled program and each row of a batch may sample differently.
-Only the largest top-k a program supports is static (`RowSampling.top_k_bound`). A greedy row
-divides by temperature 1, never by its 0, and takes the argmax. Functions also take one
-`SamplingConfig` for every row, for convenience.
+so a sweep over them reuses one compiled program and each row of a batch may sample differently;
+nothing about them is static. A greedy row divides by temperature 1, never by its 0, and takes the
+argmax. Functions also take one `SamplingConfig` for every row, for convenience.
+
+Top-k and top-p never sort the vocabulary: their thresholds are found by bisection over the ordered
+bit patterns of the float32 logits (32 vectorised passes of a count or a masked sum over V), and
+each filter runs only when some row uses it (`lax.cond`).
 
 Randomness is per row: `keys` is an array of B keys, one per row, so what row b draws depends
 only on its own key and its own logits (running it alone with that key draws the same).
@@ -26,8 +29,6 @@ from flax import struct
 from specjax.config import SamplingConfig
 from specjax.errors import ConfigError
 
-TOP_K_BOUND = 64  # top-k values up to this need no recompilation; larger ones raise the bound (a new program)
-TOP_P_BOUND = 128  # candidates examined by the fast top-p path before falling back to a full sort
 
 
 @struct.dataclass
@@ -38,7 +39,6 @@ class RowSampling:
     top_k: jax.Array  # [B] int32, 0 = off
     top_p: jax.Array  # [B] float32, 1 = off
     greedy: jax.Array  # [B] bool
-    top_k_bound: int = struct.field(pytree_node=False, default=TOP_K_BOUND)  # static: the largest top_k
 
     def logical_axes(self) -> "RowSampling":
         b = ("batch",)
@@ -46,10 +46,9 @@ class RowSampling:
 
     @classmethod
     def of(cls, configs: SamplingConfig | Sequence[SamplingConfig], batch: int | None = None, *,
-           vocab_size: int | None = None, top_k_bound: int | None = None) -> "RowSampling":
+           vocab_size: int | None = None) -> "RowSampling":
         """Host-side arrays from one config for all `batch` rows or a list with one per row (rows past
-        the list, e.g. batch padding, are greedy). top_k >= vocab_size is the same as off. The static
-        bound is `TOP_K_BOUND`, or the next power of two above the largest top_k asked for."""
+        the list, e.g. batch padding, are greedy). top_k >= vocab_size is the same as off."""
         if isinstance(configs, SamplingConfig):
             configs = [configs] * (batch if batch is not None else 1)
         configs = list(configs)
@@ -72,18 +71,14 @@ class RowSampling:
                 top_k[i] = c.top_k
             if c.top_p is not None:
                 top_p[i] = c.top_p
-        largest = int(top_k.max(initial=0))
-        bound = top_k_bound if top_k_bound is not None else max(TOP_K_BOUND, 1 << max(largest - 1, 0).bit_length())
-        if largest > bound:
-            raise ConfigError(f"top_k={largest} exceeds this program's top-k bound {bound}")
-        return cls(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, top_k_bound=bound)
+        return cls(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
 
 
 def rows(s: SamplingConfig | RowSampling) -> RowSampling:
     """One `SamplingConfig` as scalar `RowSampling` values (applying to every row); a RowSampling as is."""
     if isinstance(s, RowSampling):
         return s
-    one = RowSampling.of(s, 1, top_k_bound=max(s.top_k or 1, 1))
+    one = RowSampling.of(s, 1)
     return jax.tree.map(lambda x: jnp.asarray(x[0]), one)
 
 
@@ -101,54 +96,56 @@ def mask_vocab(logits_v: jax.Array, vocab_size: int | None) -> jax.Array:
     return jnp.where(ids < vocab_size, logits_v, -jnp.inf)
 
 
+def _ordered(x: jax.Array) -> jax.Array:
+    """float32 -> uint32 keys in the same order (-inf lowest), so thresholds can be found bit by bit."""
+    u = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return jnp.where((u >> 31) == 1, ~u, u | jnp.uint32(0x80000000))
+
+
+def _largest_key(pred, shape) -> jax.Array:
+    """Per position, the largest uint32 key T with pred(T) true, for a pred that holds for every key up
+    to some point and for none above it: 32 steps that each fix one bit, from the top."""
+
+    def step(i, t):
+        candidate = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+        return jnp.where(pred(candidate), candidate, t)
+
+    return jax.lax.fori_loop(0, 32, step, jnp.zeros(shape, jnp.uint32))
+
+
 def _top_k_mask(logits_v, s: RowSampling):
-    """Keep each row's k largest logits (ties with the k-th kept); rows with k = 0 untouched."""
+    """Keep each row's k largest logits (ties with the k-th kept); rows with k = 0 untouched.
+
+    No sort: the k-th largest value is the largest key T with at least k logits >= T, found by
+    bisection over the ordered bit patterns (32 counting passes over V)."""
     V = logits_v.shape[-1]
     k = _per_row(jnp.where(s.greedy, 0, s.top_k), logits_v)
     on = (k > 0) & (k < V)
-    K = min(s.top_k_bound, V)
 
     def apply(x):
-        top = jax.lax.top_k(x, K)[0]
-        at = jnp.broadcast_to(jnp.clip(k - 1, 0, K - 1), x.shape[:-1] + (1,))
-        kth = jnp.take_along_axis(top, at, axis=-1)
-        return jnp.where(on & (x < kth), -jnp.inf, x)
+        key = _ordered(x)
+        kth = _largest_key(lambda t: jnp.sum(key >= t, axis=-1, keepdims=True) >= k, x.shape[:-1] + (1,))
+        return jnp.where(on & (key < kth), -jnp.inf, x)
 
     return jax.lax.cond(jnp.any(on), apply, lambda x: x, logits_v)
 
 
-def _nucleus_threshold(sorted_v, lse, p):
-    """Smallest kept logit, given logits sorted in descending order (a prefix suffices)."""
-    probs_v = jnp.exp(sorted_v - lse)
-    mass_before_v = jnp.cumsum(probs_v, axis=-1) - probs_v
-    keep_v = mass_before_v < p  # the first id is always kept
-    return jnp.min(jnp.where(keep_v, sorted_v, jnp.inf), axis=-1, keepdims=True), probs_v
-
-
 def _top_p_mask(logits_v, s: RowSampling):
-    """Keep the smallest set of highest-probability ids whose mass reaches p (ties at the edge kept).
+    """Keep the smallest set of highest-probability ids whose mass reaches p (ties at the edge kept):
+    id i is kept iff the mass of the ids strictly above it is below p. Rows with p = 1 untouched.
 
-    Exact and cheap: the nucleus is a prefix of the descending order, so `lax.top_k` over
-    TOP_P_BOUND candidates finds it whenever those candidates hold at least p of the mass; only
-    otherwise (a flat distribution) does the whole batch fall back to a full sort of V. Rows with
-    p = 1 are untouched."""
-    V = logits_v.shape[-1]
+    No sort: the mass above a key T, M(T), falls as T rises, so the largest T with M(T) >= p is
+    found by bisection over the ordered bit patterns (32 masked sums over V), and exactly the ids
+    above it are kept (in exact arithmetic the set a sorted cumulative sum gives)."""
     p = _per_row(jnp.where(s.greedy, 1.0, s.top_p), logits_v)
     on = p < 1.0
 
     def apply(x):
-        lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
-
-        def full_sort(_):
-            return _nucleus_threshold(-jnp.sort(-x, axis=-1), lse, p)[0]
-
-        if V <= TOP_P_BOUND:
-            threshold = full_sort(None)
-        else:
-            fast, probs_k = _nucleus_threshold(jax.lax.top_k(x, TOP_P_BOUND)[0], lse, p)
-            fits = (jnp.sum(probs_k, axis=-1, keepdims=True) >= p) | ~on
-            threshold = jax.lax.cond(jnp.all(fits), lambda _: fast, full_sort, None)
-        return jnp.where(on & (x < threshold), -jnp.inf, x)
+        key = _ordered(x)
+        probs = jnp.exp(x - jax.nn.logsumexp(x, axis=-1, keepdims=True))
+        mass_above = lambda t: jnp.sum(jnp.where(key > t, probs, 0.0), axis=-1, keepdims=True)  # noqa: E731
+        edge = _largest_key(lambda t: mass_above(t) >= p, x.shape[:-1] + (1,))
+        return jnp.where(on & (key <= edge), -jnp.inf, x)
 
     return jax.lax.cond(jnp.any(on), apply, lambda x: x, logits_v)
 
