@@ -113,14 +113,15 @@ def accept_sampled(keys_b: jax.Array, draft_bg: jax.Array, q_bgv: jax.Array | No
     draft_bg [B,G] proposals; q_bgv [B,G,V] the distributions they were drawn from, or None for
     point masses; p_bg1v [B,G+1,V] the target's warped distributions at the G+1 verified positions.
     """
-    keys_u, keys_next = sampling_lib.split_keys(keys_b, 2)
-    u_bg = sampling_lib.uniform(keys_u, draft_bg.shape[1:])
-    return accept_given_uniforms(u_bg, keys_next, draft_bg, q_bgv, p_bg1v)
+    G = draft_bg.shape[1]
+    u_bg1 = sampling_lib.uniform(keys_b, (G + 1,))  # G acceptance tests, then the next token's draw
+    return accept_given_uniforms(u_bg1[:, :G], u_bg1[:, G], draft_bg, q_bgv, p_bg1v)
 
 
-def accept_given_uniforms(u_bg: jax.Array, keys_next_b: jax.Array, draft_bg: jax.Array, q_bgv: jax.Array | None,
+def accept_given_uniforms(u_bg: jax.Array, u_next_b: jax.Array, draft_bg: jax.Array, q_bgv: jax.Array | None,
                           p_bg1v: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`accept_sampled` with its uniforms u [B,G] given (for hand-computed tests)."""
+    """`accept_sampled` with its uniforms given: u [B,G] for the acceptance tests, u_next [B] for the
+    draw of the next token (by inverse CDF, `sampling.inverse_cdf`)."""
     G = draft_bg.shape[1]
     present_bg = draft_bg >= 0
     ids_bg = jnp.maximum(draft_bg, 0)
@@ -137,5 +138,5 @@ def accept_given_uniforms(u_bg: jax.Array, keys_next_b: jax.Array, draft_bg: jax
         q_n_bv = jnp.where((draft_at_b >= 0)[:, None], jnp.take_along_axis(q_bgv, at_b[:, None, None], axis=1)[:, 0],
                            0.0)
     dist_bv = jnp.where((n_b == G)[:, None], p_n_bv, residual(p_n_bv, q_n_bv))
-    next_b = sampling_lib.sample_probs(keys_next_b, dist_bv)
+    next_b = sampling_lib.inverse_cdf(u_next_b, dist_bv)
     return n_b, next_b

@@ -182,6 +182,18 @@ def categorical(keys, logits_v: jax.Array) -> jax.Array:
     return jax.vmap(lambda k, x: jax.random.categorical(k, x, axis=-1))(keys, logits_v).astype(jnp.int32)
 
 
+def inverse_cdf(u: jax.Array, probs_v: jax.Array) -> jax.Array:
+    """The id drawn by uniform u [...] in [0, 1) from probabilities [..., V] (rows need not be
+    normalised): the first id whose cumulative mass exceeds u times the total. An id of zero mass is
+    never drawn (should rounding push u times the total past the last cumulative sum, the last id
+    with mass is taken). One uniform per draw: no noise over the vocabulary to generate."""
+    cum_v = jnp.cumsum(probs_v, axis=-1)
+    target = u[..., None] * cum_v[..., -1:]
+    ids = jnp.sum(cum_v <= target, axis=-1)
+    last = probs_v.shape[-1] - 1 - jnp.argmax(jnp.flip(probs_v > 0, axis=-1), axis=-1)
+    return jnp.where(ids > last, last, ids).astype(jnp.int32)
+
+
 def uniform(keys, shape: tuple[int, ...]) -> jax.Array:
     """Uniforms [B, *shape], row b from keys[b]."""
     return jax.vmap(lambda k: jax.random.uniform(k, shape))(keys)
@@ -193,18 +205,26 @@ def split_keys(keys_b: jax.Array, n: int) -> tuple[jax.Array, ...]:
     return tuple(split_bn[:, i] for i in range(n))
 
 
+def _draw_uniforms(keys, batch_shape) -> jax.Array:
+    """One uniform per draw: per row from B keys, or all of batch_shape from a single key."""
+    if jnp.ndim(keys) == 0:
+        return jax.random.uniform(keys, batch_shape)
+    return uniform(keys, batch_shape[1:])
+
+
 def sample(keys, logits_v: jax.Array, s: SamplingConfig | RowSampling, vocab_size: int | None = None) -> jax.Array:
-    """Draw ids [...] from the warped distribution of `logits_v` (the argmax for greedy rows)."""
+    """Draw ids [B, ...] from the warped distribution of logits [B, ..., V] (the argmax for greedy
+    rows) by inverse CDF: one uniform per draw, from each row's key (or all from one key)."""
     s = rows(s)
     ids = greedy(logits_v, vocab_size)
 
     def sampled(x):
-        drawn = categorical(keys, warp_logits(x, s, vocab_size))
+        drawn = inverse_cdf(_draw_uniforms(keys, x.shape[:-1]), jax.nn.softmax(warp_logits(x, s, vocab_size), axis=-1))
         return jnp.where(_per_row(s.greedy, drawn), ids, drawn)
 
     return jax.lax.cond(jnp.all(s.greedy), lambda x: ids, sampled, logits_v)
 
 
 def sample_probs(keys, probs_v: jax.Array) -> jax.Array:
-    """Draw ids [...] from explicit probabilities (rows need not be normalised)."""
-    return categorical(keys, jnp.log(probs_v))
+    """Draw ids [B, ...] from explicit probabilities [B, ..., V] (rows need not be normalised)."""
+    return inverse_cdf(_draw_uniforms(keys, probs_v.shape[:-1]), probs_v)

@@ -122,6 +122,7 @@ def test_plotted_data(tmp_path):
     assert (list(batch_line.get_xdata()), list(batch_line.get_ydata())) == ([1, 2, 4], [1.4, 1.1, 0.9])
 
 
+@pytest.mark.slow  # make test-all; kept out of make test for its 12-minute budget
 def test_transformers_peers(hf_dir, tmp_path):
     """transformers greedy, prompt lookup and assistant model against specjax on the same token ids;
     the assistant is the same truncated copy specjax drafts with."""

@@ -24,10 +24,12 @@ def test_own_jit_example():
     assert "== specjax.generate" in _run("own_jit.py")
 
 
+@pytest.mark.slow  # make test-all; kept out of make test for its 12-minute budget
 def test_sharded_example():
     assert _run("sharded.py").count("same tokens as one device") == 3
 
 
+@pytest.mark.slow  # make test-all; kept out of make test for its 12-minute budget
 @pytest.mark.real
 def test_generate_example():
     assert "ngram:3" in _run("generate.py")

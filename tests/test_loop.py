@@ -65,11 +65,11 @@ def test_greedy_speculative_equals_autoregressive_for_every_drafter(target, ar_t
         assert sum(result.stats["drafted"]) > 0, "the repetitive prompt must yield lookup proposals"
 
 
-def _run_spec(target, draft, prompts, *, gamma, max_new, eos=(), sampling=SamplingConfig(), seed=0):
+def _run_spec(target, draft, prompts, *, gamma, max_new, eos=(), sampling=SamplingConfig(), seed=0, size=None):
     lm, params = LM.split(target.module)
     dlm, dparams = LM.split(draft.module)
     prompt_bp, lengths_b, active_b = sampler.pad_batch(prompts)
-    size = prompt_bp.shape[1] + max_new + gamma + 2
+    size = size or prompt_bp.shape[1] + max_new + gamma + 2
     dec = loop.Decoder(lm=lm, drafter=ModelDrafter(dlm), gamma=gamma, size=size)
     batch = loop.Batch.make(prompt_bp, lengths_b, active=active_b, max_new_tokens=max_new, eos_ids=tuple(eos),
                             sampling=sampling, key=jax.random.key(seed))
@@ -92,11 +92,20 @@ def test_eos_inside_an_accepted_block_truncates_the_row(target, ar_tokens):
     assert np.asarray(state.done).all()
 
 
-@pytest.mark.parametrize("max_new", [1, 2, 5, 13])
-def test_max_new_tokens_is_exact(target, max_new):
-    state = _run_spec(target, target, PROMPTS, gamma=4, max_new=max_new)
+def test_max_new_tokens_is_exact():
+    # one program (max_new_tokens is a runtime value), the buffer sized for the largest
+    for max_new in (1, 2, 5, 13):
+        state = _run_spec(target_lm := tiny_lm(0), target_lm, PROMPTS, gamma=4, max_new=max_new, size=64)
+        new = np.asarray(state.lengths - state.prompt_lengths)
+        assert new[: len(PROMPTS)].tolist() == [max_new] * len(PROMPTS)
+    # and per row: each row stops at its own budget
+    lm, params = LM.split(target_lm.module)
+    prompt_bp, lengths_b, active_b = sampler.pad_batch(PROMPTS)
+    budgets = [1, 2, 5, 13, 7, 1, 1, 1][:prompt_bp.shape[0]]
+    batch = loop.Batch.make(prompt_bp, lengths_b, active=active_b, max_new_tokens=budgets)
+    state = loop.generate(loop.Decoder(lm=lm, drafter=ModelDrafter(lm), gamma=4, size=64), params, params, batch)
     new = np.asarray(state.lengths - state.prompt_lengths)
-    assert new[: len(PROMPTS)].tolist() == [max_new] * len(PROMPTS)
+    assert new[: len(PROMPTS)].tolist() == budgets[: len(PROMPTS)]
 
 
 def test_finished_rows_stay_finished(target, ar_tokens):

@@ -10,6 +10,7 @@ from specjax.rejection import accept_given_uniforms, accept_greedy, accept_sampl
 
 KEY = jax.random.key(0)
 KEYS = jax.random.split(KEY, 1)  # one key per row
+U_NEXT = jnp.asarray([0.3])  # the uniform that draws the next token (one row)
 
 
 def _p(*rows):
@@ -20,7 +21,7 @@ def test_p_equals_q_accepts_everything_and_samples_bonus_from_p():
     p = _p([0.5, 0.5, 0.0], [0.2, 0.3, 0.5], [0.0, 0.0, 1.0])
     q = p[:, :2]
     draft = jnp.asarray([[1, 2]])
-    n, nxt = accept_given_uniforms(jnp.asarray([[0.999, 0.999]]), KEY, draft, q, p)
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.999, 0.999]]), U_NEXT, draft, q, p)
     assert int(n[0]) == 2 and int(nxt[0]) == 2  # bonus from p at position G, a point mass on 2
     assert not np.isnan(np.asarray(residual(p[:, 0], q[:, 0]))).any()
 
@@ -28,7 +29,7 @@ def test_p_equals_q_accepts_everything_and_samples_bonus_from_p():
 def test_proposal_with_zero_target_probability_is_rejected():
     p = _p([0.0, 0.6, 0.4], [1.0, 0.0, 0.0])
     q = jnp.asarray([[[0.7, 0.2, 0.1]]])
-    n, nxt = accept_given_uniforms(jnp.asarray([[0.0001]]), KEY, jnp.asarray([[0]]), q, p)
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.0001]]), U_NEXT, jnp.asarray([[0]]), q, p)
     assert int(n[0]) == 0
     # residual max(0, p - q) = [0, 0.4, 0.3] / 0.7
     np.testing.assert_allclose(np.asarray(residual(p[0, :1], q[0])), [[0.0, 0.4, 0.3]], atol=1e-7)
@@ -40,22 +41,22 @@ def test_accept_probability_is_min_one_p_over_q():
     p = _p([0.3, 0.7], [1.0, 0.0])
     q = jnp.asarray([[[0.6, 0.4]]])
     draft = jnp.asarray([[0]])
-    assert int(accept_given_uniforms(jnp.asarray([[0.49]]), KEY, draft, q, p)[0][0]) == 1
-    assert int(accept_given_uniforms(jnp.asarray([[0.51]]), KEY, draft, q, p)[0][0]) == 0
+    assert int(accept_given_uniforms(jnp.asarray([[0.49]]), U_NEXT, draft, q, p)[0][0]) == 1
+    assert int(accept_given_uniforms(jnp.asarray([[0.51]]), U_NEXT, draft, q, p)[0][0]) == 0
     # on rejection the residual is max(0, p - q) = [0, 0.3]: the next token must be 1
-    n, nxt = accept_given_uniforms(jnp.asarray([[0.51]]), KEY, draft, q, p)
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.51]]), U_NEXT, draft, q, p)
     assert int(nxt[0]) == 1
     # p > q: always accepted
     q2 = jnp.asarray([[[0.2, 0.8]]])
-    assert int(accept_given_uniforms(jnp.asarray([[0.9999]]), KEY, draft, q2, p)[0][0]) == 1
+    assert int(accept_given_uniforms(jnp.asarray([[0.9999]]), U_NEXT, draft, q2, p)[0][0]) == 1
 
 
 def test_point_mass_proposals():
     # q = delta(d): accepted iff u <= p(d); the residual is p with d removed
     p = _p([0.25, 0.75, 0.0], [0.0, 0.0, 1.0])
     draft = jnp.asarray([[1]])
-    assert int(accept_given_uniforms(jnp.asarray([[0.74]]), KEY, draft, None, p)[0][0]) == 1
-    n, nxt = accept_given_uniforms(jnp.asarray([[0.76]]), KEY, draft, None, p)
+    assert int(accept_given_uniforms(jnp.asarray([[0.74]]), U_NEXT, draft, None, p)[0][0]) == 1
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.76]]), U_NEXT, draft, None, p)
     assert int(n[0]) == 0 and int(nxt[0]) == 0  # p without token 1 leaves only token 0
     np.testing.assert_allclose(np.asarray(residual(p[:, 0], jax.nn.one_hot(jnp.asarray([1]), 3))),
                                [[0.25, 0.0, 0.0]])
@@ -67,13 +68,13 @@ def test_rejection_at_first_and_at_last_position():
     p = _p(p_row, p_row, p_row, [0.0, 0.0, 0.0, 1.0])
     draft = jnp.asarray([[3, 3, 0]])  # p(3) = 0.4, p(0) = 0.1 under point-mass proposals
     # first position rejected (u = 0.5 > 0.4): n = 0, residual = p without token 3
-    n, nxt = accept_given_uniforms(jnp.asarray([[0.5, 0.0, 0.0]]), KEY, draft, None, p)
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.5, 0.0, 0.0]]), U_NEXT, draft, None, p)
     assert int(n[0]) == 0 and int(nxt[0]) != 3
     # last position rejected (u = 0.2 > 0.1): n = 2, next drawn from p without token 0
-    n, nxt = accept_given_uniforms(jnp.asarray([[0.1, 0.1, 0.2]]), KEY, draft, None, p)
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.1, 0.1, 0.2]]), U_NEXT, draft, None, p)
     assert int(n[0]) == 2 and int(nxt[0]) != 0
     # nothing rejected: n = G and the bonus comes from p at G + 1 (a point mass on 3)
-    n, nxt = accept_given_uniforms(jnp.asarray([[0.1, 0.1, 0.05]]), KEY, draft, None, p)
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.1, 0.1, 0.05]]), U_NEXT, draft, None, p)
     assert int(n[0]) == 3 and int(nxt[0]) == 3
     assert V == p.shape[-1]
 
@@ -81,7 +82,7 @@ def test_rejection_at_first_and_at_last_position():
 def test_rows_accept_independently():
     p = jnp.asarray([[[0.5, 0.5], [0.5, 0.5], [1.0, 0.0]], [[0.5, 0.5], [0.5, 0.5], [0.0, 1.0]]])
     draft = jnp.asarray([[0, 0], [1, 1]])
-    n, nxt = accept_given_uniforms(jnp.asarray([[0.1, 0.9], [0.1, 0.1]]), KEY, draft, None, p)
+    n, nxt = accept_given_uniforms(jnp.asarray([[0.1, 0.9], [0.1, 0.1]]), jnp.asarray([0.3, 0.3]), draft, None, p)
     assert n.tolist() == [1, 2]
     assert int(nxt[1]) == 1
 
@@ -114,8 +115,8 @@ def test_an_absent_proposal_leaves_p_untouched_whatever_q_the_drafter_left_there
     # row proposes nothing (-1) but its q slot holds leftovers: the next token must come from p itself
     p = _p([0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25])
     q = jnp.asarray([[[0.9, 0.1, 0.0, 0.0]]])
-    keys = jax.random.split(KEY, 4000)
-    nxt = jax.vmap(lambda k: accept_given_uniforms(jnp.asarray([[0.5]]), k, jnp.asarray([[-1]]), q, p)[1][0])(keys)
+    u_next = jax.random.uniform(KEY, (4000, 1))
+    nxt = jax.vmap(lambda u: accept_given_uniforms(jnp.asarray([[0.5]]), u, jnp.asarray([[-1]]), q, p)[1][0])(u_next)
     share_of_1 = float(np.mean(np.asarray(nxt) == 1))
     assert 0.45 < share_of_1 < 0.55, f"the next token follows the leftover q, not p (P(1) = {share_of_1:.3f})"
 
@@ -138,3 +139,16 @@ def test_accept_warps_the_target_and_returns_the_emitted_block():
     # the block for a hand-made decision
     b = verdict(Proposal(jnp.asarray([[4, 5, -1]])), jnp.asarray([2]), jnp.asarray([7]))
     assert b.tokens.tolist() == [[4, 5, 7, 7]] and b.proposed.tolist() == [[True, True, False]]
+
+
+def test_inverse_cdf_draws_by_cumulative_mass_and_never_a_zero_mass_id():
+    from specjax.sampling import inverse_cdf
+
+    probs = jnp.asarray([[0.0, 0.25, 0.0, 0.5, 0.25, 0.0]])
+    for u, want in ((0.0, 1), (0.2499, 1), (0.25, 3), (0.7499, 3), (0.75, 4), (0.999999, 4)):
+        assert int(inverse_cdf(jnp.asarray([u]), probs)[0]) == want, u
+    assert int(inverse_cdf(jnp.asarray([0.5]), probs * 7.0)[0]) == 3  # unnormalised rows
+    # rounding past the total still lands on the last id with mass
+    assert int(inverse_cdf(jnp.asarray([1.0]), probs)[0]) == 4
+    ids = np.asarray(inverse_cdf(jax.random.uniform(KEY, (60000,)), jnp.broadcast_to(probs[0], (60000, 6))))
+    np.testing.assert_allclose(np.bincount(ids, minlength=6) / ids.size, probs[0], atol=0.01)

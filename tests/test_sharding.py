@@ -171,6 +171,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # make test-all; kept out of make test for its 12-minute budget
 def test_two_processes_generate_the_same_tokens_as_one(hf_dir):
     prompts = ["hello world", "the quick brown fox", "lazy dog", "over the"]
     base = [sys.executable, "-m", "specjax.cli", "generate", "--target", str(hf_dir), "--max-new-tokens", "8",

@@ -119,18 +119,18 @@ class Stateless:
         return dstate
 
 
-def draw(keys_b, logits_bv: jax.Array, sampling: RowSampling, vocab_size: int | None):
+def draw(u_b, logits_bv: jax.Array, sampling: RowSampling, vocab_size: int | None):
     """One draft token per row from logits, and the distribution q [B,V] it came from.
 
     A sampled row draws from its warped distribution (the same warp the target gets) with its own
-    key; a greedy row takes the argmax, and its q is that point mass. When every row is greedy no
-    softmax is computed."""
+    uniform u_b[b] (inverse CDF); a greedy row takes the argmax, and its q is that point mass. When
+    every row is greedy no softmax is computed."""
     ids_b = sampling_lib.greedy(logits_bv, vocab_size)
     point_bv = jax.nn.one_hot(ids_b, logits_bv.shape[-1], dtype=jnp.float32)
 
     def sampled(x):
         q_bv = sampling_lib.warp(x, sampling, vocab_size)
-        drawn_b = sampling_lib.sample_probs(keys_b, q_bv)
+        drawn_b = sampling_lib.inverse_cdf(u_b, q_bv)
         return jnp.where(sampling.greedy, ids_b, drawn_b), q_bv
 
     return jax.lax.cond(jnp.all(sampling.greedy), lambda x: (ids_b, point_bv), sampled, logits_bv)
@@ -152,16 +152,17 @@ def rollout(apply, cache, first_logits_bv, start_pos_b, keys_b, gamma: int, samp
             vocab_size: int | None):
     """Draw G tokens: the first from `first_logits_bv`, then G - 1 single-token steps of `apply`
     under `lax.scan`. apply(tokens [B,1], positions [B,1], cache) -> (logits [B,1,V], cache).
-    keys_b [B]: one key per row. -> (Proposal with q [B,G,V], cache)."""
-    keys_gb = jnp.stack(sampling_lib.split_keys(keys_b, gamma))
-    first_b, first_q = draw(keys_gb[0], first_logits_bv, sampling, vocab_size)
+    keys_b [B]: one key per row, from which each row draws its G uniforms.
+    -> (Proposal with q [B,G,V], cache)."""
+    u_gb = sampling_lib.uniform(keys_b, (gamma,)).T
+    first_b, first_q = draw(u_gb[0], first_logits_bv, sampling, vocab_size)
 
-    def step(carry, keys_i):
+    def step(carry, u_b):
         cache, prev_b, pos_b = carry
         logits_b1v, cache = apply(prev_b[:, None], pos_b[:, None], cache)
-        tok_b, q_bv = draw(keys_i, logits_b1v[:, 0], sampling, vocab_size)
+        tok_b, q_bv = draw(u_b, logits_b1v[:, 0], sampling, vocab_size)
         return (cache, tok_b, jnp.where(pos_b < 0, -1, pos_b + 1)), (tok_b, q_bv)
 
-    (cache, _, _), (rest_gb, rest_q) = jax.lax.scan(step, (cache, first_b, start_pos_b), keys_gb[1:])
+    (cache, _, _), (rest_gb, rest_q) = jax.lax.scan(step, (cache, first_b, start_pos_b), u_gb[1:])
     tokens_bg = jnp.concatenate([first_b[:, None], rest_gb.T], axis=1)
     return Proposal(tokens_bg, jnp.concatenate([first_q[:, None], jnp.swapaxes(rest_q, 0, 1)], axis=1)), cache
