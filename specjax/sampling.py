@@ -182,16 +182,31 @@ def categorical(keys, logits_v: jax.Array) -> jax.Array:
     return jax.vmap(lambda k, x: jax.random.categorical(k, x, axis=-1))(keys, logits_v).astype(jnp.int32)
 
 
+CDF_BLOCK = 256  # inverse_cdf's block width: a running sum over V / 256 block totals, then over one block
+
+
 def inverse_cdf(u: jax.Array, probs_v: jax.Array) -> jax.Array:
     """The id drawn by uniform u [...] in [0, 1) from probabilities [..., V] (rows need not be
-    normalised): the first id whose cumulative mass exceeds u times the total. An id of zero mass is
-    never drawn (should rounding push u times the total past the last cumulative sum, the last id
-    with mass is taken). One uniform per draw: no noise over the vocabulary to generate."""
-    cum_v = jnp.cumsum(probs_v, axis=-1)
-    target = u[..., None] * cum_v[..., -1:]
-    ids = jnp.sum(cum_v <= target, axis=-1)
-    last = probs_v.shape[-1] - 1 - jnp.argmax(jnp.flip(probs_v > 0, axis=-1), axis=-1)
-    return jnp.where(ids > last, last, ids).astype(jnp.int32)
+    normalised): the first id whose cumulative mass exceeds u times the total. One uniform per draw,
+    no noise over the vocabulary; the running sum is two-level (block totals, then within the chosen
+    block), so the cost is linear in V. An id of zero mass is never drawn: should rounding leave
+    no id past the target inside the chosen block (or past the total), the last id with mass there
+    is taken."""
+    V = probs_v.shape[-1]
+    nb = -(-V // CDF_BLOCK)
+    pad = nb * CDF_BLOCK - V
+    blocks = jnp.pad(probs_v, [(0, 0)] * (probs_v.ndim - 1) + [(0, pad)]).reshape(probs_v.shape[:-1] + (nb, CDF_BLOCK))
+    cum_n = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)  # [..., nb]
+    target = u * cum_n[..., -1]
+    j = jnp.minimum(jnp.sum(cum_n <= target[..., None], axis=-1), nb - 1)  # the block holding the draw
+    before = jnp.where(j > 0, jnp.take_along_axis(cum_n, jnp.maximum(j - 1, 0)[..., None], axis=-1)[..., 0], 0.0)
+    inner = jnp.take_along_axis(blocks, j[..., None, None], axis=-2)[..., 0, :]  # [..., CDF_BLOCK]
+    i = jnp.sum(before[..., None] + jnp.cumsum(inner, axis=-1) <= target[..., None], axis=-1)
+    last_in_block = CDF_BLOCK - 1 - jnp.argmax(jnp.flip(inner > 0, axis=-1), axis=-1)
+    ids = j * CDF_BLOCK + jnp.minimum(i, last_in_block)
+    last = V - 1 - jnp.argmax(jnp.flip(probs_v > 0, axis=-1), axis=-1)
+    return jnp.where(jnp.take_along_axis(probs_v, jnp.minimum(ids, V - 1)[..., None], axis=-1)[..., 0] > 0,
+                     ids, last).astype(jnp.int32)
 
 
 def uniform(keys, shape: tuple[int, ...]) -> jax.Array:
