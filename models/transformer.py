@@ -383,12 +383,14 @@ class Transformer(nnx.Module):
         return self.final_norm(x_btd), cache, taps_nbtd
 
     def logits(self, hidden_btd):
-        """Project hidden states to float32 logits [B,T,V]."""
+        """Project hidden states to float32 logits [B,T,V]: the LM head accumulates and returns float32
+        whatever the params' dtype (bfloat16 logits would be quantised to steps of 1/8 near 30, where
+        a one-token and a (G+1)-token pass can round the top two apart)."""
         cfg = self.config
         if cfg.tie_embeddings:
-            logits_btv = jnp.einsum("btd,vd->btv", hidden_btd, self.embed.value)
+            logits_btv = jnp.einsum("btd,vd->btv", hidden_btd, self.embed.value, preferred_element_type=jnp.float32)
         else:
-            logits_btv = jnp.einsum("btd,dv->btv", hidden_btd, self.lm_head.value)
+            logits_btv = jnp.einsum("btd,dv->btv", hidden_btd, self.lm_head.value, preferred_element_type=jnp.float32)
         logits_btv = logits_btv.astype(jnp.float32)
         if cfg.final_softcap is not None:
             logits_btv = jnp.tanh(logits_btv / cfg.final_softcap) * cfg.final_softcap

@@ -83,3 +83,20 @@ def test_taps_outside_the_blocks_that_run_are_refused(model):
     lm, params = model
     with pytest.raises(ValueError, match=r"not \[3\]"):
         lm.forward(params, TOKENS, POSITIONS, lm.init_cache(params, 2, 6), taps=(3,), layers=(0, 1))
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_bfloat16_params_give_float32_logits_that_are_not_rounded_to_bfloat16(tie):
+    """The LM head accumulates in float32 and returns it: logits of a bf16 model are not on bf16's grid."""
+    from flax import nnx
+
+    from specjax.models import RopeConfig, Transformer, TransformerConfig
+
+    cfg = TransformerConfig(family="llama", vocab_size=64, dim=32, mlp_dim=64, num_layers=2, num_heads=4,
+                            num_kv_heads=2, head_dim=8, rope=RopeConfig(theta=10000.0), tie_embeddings=tie)
+    module = Transformer(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    tokens = jnp.asarray([[1, 2, 3, 4]])
+    logits, _ = module(tokens, jnp.arange(4)[None], module.init_cache(1, 8))
+    assert logits.dtype == jnp.float32
+    on_grid = logits == logits.astype(jnp.bfloat16).astype(jnp.float32)
+    assert not bool(jnp.all(on_grid)), "the logits were computed in bfloat16 and only then cast"
