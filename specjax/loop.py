@@ -35,7 +35,7 @@ from specjax.drafters.base import Observation, TargetPrefill
 from specjax.errors import ConfigError
 from specjax.lm import LM
 from specjax.rejection import Proposal, Verdict
-from specjax.sampling import RowSampling
+from specjax.sampling import RowSampling, row_keys
 
 
 @struct.dataclass
@@ -87,7 +87,7 @@ class Batch:
         B = prompt_bp.shape[0]
         if keys is None:
             key = jax.random.key(0) if key is None else key
-            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(B))
+            keys = row_keys(key, B)
         per_row = eos_ids and not isinstance(eos_ids[0], (int, np.integer))
         eos_rows = [tuple(e) for e in eos_ids] if per_row else [tuple(eos_ids)] * B
         E = eos_slots if eos_slots is not None else max(1, max(len(e) for e in eos_rows))

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax import report, sharding as shd
+from specjax import report, sampling, sharding as shd
 from specjax.config import SamplingConfig, cache_dir
 from specjax.drafters import registry
 from specjax.errors import ConfigError
@@ -176,7 +176,7 @@ def row_keys(seed, n: int, batch: int) -> jax.Array:
     if isinstance(seed, (list, tuple)):
         seeds = [int(x) for x in per_prompt("seed", seed, n, (int, np.integer))] + [0] * (batch - n)
         return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
-    return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(int(seed)), i))(jnp.arange(batch))
+    return sampling.row_keys(jax.random.key(int(seed)), batch)
 
 
 def one_device_mesh():

@@ -174,12 +174,9 @@ def greedy(logits_v: jax.Array, vocab_size: int | None = None) -> jax.Array:
     return jnp.argmax(mask_vocab(logits_v, vocab_size), axis=-1).astype(jnp.int32)
 
 
-def categorical(keys, logits_v: jax.Array) -> jax.Array:
-    """Draw ids [...] from logits: with B keys [B], row b from keys[b]; with one key, all at once."""
-    keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
-    if keys.ndim == 0:
-        return jax.random.categorical(keys, logits_v, axis=-1).astype(jnp.int32)
-    return jax.vmap(lambda k, x: jax.random.categorical(k, x, axis=-1))(keys, logits_v).astype(jnp.int32)
+def row_keys(key: jax.Array, batch: int) -> jax.Array:
+    """One PRNG key per row [batch] from one key: row b gets fold_in(key, b)."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
 
 
 CDF_BLOCK = 256  # inverse_cdf's block width: a running sum over V / 256 block totals, then over one block
