@@ -148,6 +148,20 @@ class Norm(nnx.Module):
         return self.scale.value * y.astype(dtype)
 
 
+def _project(eq: str, x, w, out_dtype=None):
+    """`jnp.einsum(eq, x, w)` of activations x [B,T,...] (B*T rows) with a weight w,
+    accumulated in float32 and returned in `out_dtype` (x's dtype by default).
+
+    A single row is computed as two (the second all zeros, then dropped). XLA:CPU multiplies one row
+    with a matrix-vector kernel that is ~10x slower than its two-row kernel in bfloat16 and rounds
+    differently from the multi-row kernel of a (G+1)-token verify pass; from two rows on (up to at
+    least 32 here) each row's result does not depend on how many rows there are, so a one-token
+    decode step and a verify pass compute the same numbers (`tests/test_lm.py` checks it)."""
+    if x.shape[0] * x.shape[1] == 1:
+        return _project(eq, jnp.concatenate([x, jnp.zeros_like(x)], axis=0), w, out_dtype)[:1]
+    return jnp.einsum(eq, x, w, preferred_element_type=jnp.float32).astype(out_dtype or x.dtype)
+
+
 def _activation(name: str, x):
     if name == "silu":
         return jax.nn.silu(x)
@@ -189,9 +203,9 @@ class Block(nnx.Module):
 
     def __call__(self, x_btd, rope_cs, mask_bts, positions_bt, cache: KVCache, layer, cfg: TransformerConfig):
         h_btd = self.attn_norm(x_btd)
-        q_btnh = jnp.einsum("btd,dnh->btnh", h_btd, self.q.value)
-        k_btkh = jnp.einsum("btd,dkh->btkh", h_btd, self.k.value)
-        v_btkh = jnp.einsum("btd,dkh->btkh", h_btd, self.v.value)
+        q_btnh = _project("btd,dnh->btnh", h_btd, self.q.value)
+        k_btkh = _project("btd,dkh->btkh", h_btd, self.k.value)
+        v_btkh = _project("btd,dkh->btkh", h_btd, self.v.value)
         if cfg.qkv_bias:
             q_btnh = q_btnh + self.q_bias.value
             k_btkh = k_btkh + self.k_bias.value
@@ -202,8 +216,8 @@ class Block(nnx.Module):
             cos_bth, sin_bth = rope_cs
             q_btnh, k_btkh = _rotate(q_btnh, cos_bth, sin_bth), _rotate(k_btkh, cos_bth, sin_bth)
         cache = cache.write(layer, k_btkh, v_btkh, positions_bt)
-        attn_btnh = _attention(q_btnh, cache.k[layer], cache.v[layer], mask_bts, cfg)
-        o_btd = jnp.einsum("btnh,nhd->btd", attn_btnh, self.o.value)
+        attn_btnh = _attention(q_btnh, cache.keys(layer), cache.values(layer), mask_bts, cfg)
+        o_btd = _project("btnh,nhd->btd", attn_btnh, self.o.value)
         if cfg.out_bias:
             o_btd = o_btd + self.o_bias.value
         if cfg.sandwich_norm:
@@ -211,14 +225,14 @@ class Block(nnx.Module):
         x_btd = x_btd + o_btd
 
         h_btd = self.mlp_norm(x_btd)
-        up_btf = jnp.einsum("btd,df->btf", h_btd, self.up.value)
+        up_btf = _project("btd,df->btf", h_btd, self.up.value)
         if cfg.mlp_bias:
             up_btf = up_btf + self.up_bias.value
         if cfg.mlp == "gated":
-            act_btf = _activation(cfg.activation, jnp.einsum("btd,df->btf", h_btd, self.gate.value)) * up_btf
+            act_btf = _activation(cfg.activation, _project("btd,df->btf", h_btd, self.gate.value)) * up_btf
         else:
             act_btf = _activation(cfg.activation, up_btf)
-        m_btd = jnp.einsum("btf,fd->btd", act_btf, self.down.value)
+        m_btd = _project("btf,fd->btd", act_btf, self.down.value)
         if cfg.mlp_bias:
             m_btd = m_btd + self.down_bias.value
         if cfg.sandwich_norm:
@@ -245,16 +259,22 @@ def _rope_tables(rope: RopeConfig, head_dim: int, positions_bt):
 def _attention(q_btnh, k_bskh, v_bskh, mask_bts, cfg: TransformerConfig):
     B, T, N, H = q_btnh.shape
     K = k_bskh.shape[2]
+    if T * (N // K) == 1:  # one query row per kv head: computed as two, as in `_project`
+        pad = ((0, 0), (0, 1))
+        out_b2nh = _attention(jnp.pad(q_btnh, pad + ((0, 0), (0, 0))), k_bskh, v_bskh, jnp.pad(mask_bts, pad + ((0, 0),)),
+                              cfg)
+        return out_b2nh[:, :1]
     q_btkrh = q_btnh.reshape(B, T, K, N // K, H)
     scale = cfg.attn_scale if cfg.attn_scale is not None else H**-0.5
-    scores_bkrts = jnp.einsum("btkrh,bskh->bkrts", q_btkrh, k_bskh.astype(q_btnh.dtype))
-    scores_bkrts = scores_bkrts.astype(jnp.float32) * scale
+    scores_bkrts = jnp.einsum("btkrh,bskh->bkrts", q_btkrh, k_bskh.astype(q_btnh.dtype),
+                              preferred_element_type=jnp.float32) * scale
     if cfg.attn_softcap is not None:
         scores_bkrts = jnp.tanh(scores_bkrts / cfg.attn_softcap) * cfg.attn_softcap
     scores_bkrts = jnp.where(mask_bts[:, None, None], scores_bkrts, _MASKED)
     probs_bkrts = jax.nn.softmax(scores_bkrts, axis=-1).astype(q_btnh.dtype)
-    out_btkrh = jnp.einsum("bkrts,bskh->btkrh", probs_bkrts, v_bskh.astype(q_btnh.dtype))
-    return out_btkrh.reshape(B, T, N, H)
+    out_btkrh = jnp.einsum("bkrts,bskh->btkrh", probs_bkrts, v_bskh.astype(q_btnh.dtype),
+                           preferred_element_type=jnp.float32)
+    return out_btkrh.astype(q_btnh.dtype).reshape(B, T, N, H)
 
 
 def _masks(positions_bt, size: int, window: int | None):
@@ -359,11 +379,17 @@ class Transformer(nnx.Module):
         taps_nbtd = jnp.zeros((n_taps, B, T, cfg.dim), x_btd.dtype)
 
         def step(carry, ids):
-            x_btd, cache, taps_nbtd = carry
+            x_btd, cache, taps_nbtd, stacked = carry
             layer, cache_layer, slot = ids
             if n_taps:  # store this block's input at its tap slot (slot == n_taps: dropped)
                 taps_nbtd = taps_nbtd.at[slot].set(x_btd, mode="drop")
-            block = nnx.merge(block_def, jax.tree.map(lambda a: a[layer], block_state))
+            # The stacked weights ride in the carry behind an optimisation barrier, so XLA cannot hoist
+            # work on the whole stack out of the loop: XLA:CPU computes a dynamic slice of bfloat16 in
+            # float32, and with the weights loop-invariant it converted the entire [L, ...] stack to
+            # float32 on every forward pass (bf16 decoding ran at ~0.3x of f32); behind the barrier
+            # the conversion fuses into the slice of the one layer that runs.
+            stacked = jax.lax.optimization_barrier(stacked)
+            block = nnx.merge(block_def, jax.tree.map(lambda a: a[layer], stacked))
             local = is_local_l[layer]
             mask_bts = jnp.where(local, local_bts, global_bts) if cfg.has_local_layers else global_bts
             rope_cs = None
@@ -373,11 +399,11 @@ class Transformer(nnx.Module):
                 else:
                     rope_cs = jax.tree.map(lambda g, l: jnp.where(local, l, g), rope_global, rope_local)
             x_btd, cache = block(x_btd, rope_cs, mask_bts, positions_bt, cache, cache_layer, cfg)
-            return (x_btd, cache, taps_nbtd), None
+            return (x_btd, cache, taps_nbtd, stacked), None
 
         slots = tuple(taps.index(j) if j in taps else n_taps for j in layer_ids)
         xs = (jnp.asarray(layer_ids, jnp.int32), jnp.asarray(cache_ids, jnp.int32), jnp.asarray(slots, jnp.int32))
-        (x_btd, cache, taps_nbtd), _ = jax.lax.scan(step, (x_btd, cache, taps_nbtd), xs)
+        (x_btd, cache, taps_nbtd, _), _ = jax.lax.scan(step, (x_btd, cache, taps_nbtd, block_state), xs)
         if after in taps:
             taps_nbtd = taps_nbtd.at[taps.index(after)].set(x_btd)
         return self.final_norm(x_btd), cache, taps_nbtd
@@ -388,10 +414,9 @@ class Transformer(nnx.Module):
         a one-token and a (G+1)-token pass can round the top two apart)."""
         cfg = self.config
         if cfg.tie_embeddings:
-            logits_btv = jnp.einsum("btd,vd->btv", hidden_btd, self.embed.value, preferred_element_type=jnp.float32)
+            logits_btv = _project("btd,vd->btv", hidden_btd, self.embed.value, jnp.float32)
         else:
-            logits_btv = jnp.einsum("btd,dv->btv", hidden_btd, self.lm_head.value, preferred_element_type=jnp.float32)
-        logits_btv = logits_btv.astype(jnp.float32)
+            logits_btv = _project("btd,dv->btv", hidden_btd, self.lm_head.value, jnp.float32)
         if cfg.final_softcap is not None:
             logits_btv = jnp.tanh(logits_btv / cfg.final_softcap) * cfg.final_softcap
         return logits_btv

@@ -23,7 +23,7 @@ def test_positions_past_the_end_are_dropped_not_clamped():
     cache = KVCache.zeros(layers=1, batch=1, size=3, kv_heads=1, head_dim=1)
     k_btkh = jnp.asarray([[1.0, 2.0]])[..., None, None]  # distinct values: a clamped write would show
     cache = cache.write(0, k_btkh, k_btkh, jnp.asarray([[2, 3]]))
-    np.testing.assert_array_equal(np.asarray(cache.k)[0, 0, :, 0, 0], [0, 0, 1])
+    np.testing.assert_array_equal(np.asarray(cache.keys(0))[0, :, 0, 0], [0, 0, 1])
 
 
 def test_shape_properties_and_axes():
