@@ -15,7 +15,7 @@ def generate(target, prompts, *, draft=None, sampling: SamplingConfig | Sequence
              gamma: int = 4, max_new_tokens: int | Sequence[int] = 64, seed: int | Sequence[int] = 0,
              chat: bool = False,
              eos_ids: Sequence[int] | None = None, mesh=None, rules=None, draft_rules=None,
-             load_model=None) -> GenerateResult:
+             load_model=None, verify: str = "batched") -> GenerateResult:
     """Generate continuations of `prompts` (strings, or lists of token ids) with `target`.
 
     draft: None for plain autoregressive decoding; a loaded draft model with the target's tokenizer;
@@ -26,10 +26,11 @@ def generate(target, prompts, *, draft=None, sampling: SamplingConfig | Sequence
     a list with one per prompt; max_new_tokens and seed likewise (seed=[s0, s1, ...] makes each row
     reproducible alone, see `Sampler`). gamma: proposals per round (G).
     mesh: a `specjax.sharding.make_mesh(data, model)` mesh to shard params, caches and state over
-    (rules / draft_rules: logical-axis tables, see `specjax.sharding`).
+    (rules / draft_rules: logical-axis tables, see `specjax.sharding`). verify: "batched" or
+    "stepwise" (bit-for-bit equal to plain greedy decoding in any dtype, slower; see `Sampler`).
     Returns tokens and text per prompt, statistics (acceptance, tokens per round, memory) and
     timings (compile time apart from run time).
     """
     sampler = Sampler(target, draft, gamma=gamma, eos_ids=eos_ids, mesh=mesh, rules=rules, draft_rules=draft_rules,
-                      load_model=load_model)
+                      load_model=load_model, verify=verify)
     return sampler(prompts, sampling=sampling, max_new_tokens=max_new_tokens, seed=seed, chat=chat)

@@ -43,7 +43,7 @@ def _cmd_generate(args) -> int:
 
         data, model = _parse_mesh(args.mesh)
         mesh = make_mesh(data, model)
-    sampler = Sampler(target, drafter, gamma=args.gamma, mesh=mesh,
+    sampler = Sampler(target, drafter, gamma=args.gamma, mesh=mesh, verify=args.verify,
                       load_model=lambda name: load(name, dtype=args.dtype, progress=not args.json))
     load_s = time.perf_counter() - start
     result = sampler(prompts, sampling=sampling, max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat)
@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "Omit for plain autoregressive decoding")
     g.add_argument("--draft", help="shorthand for --drafter model:DRAFT")
     g.add_argument("--gamma", type=int, default=4, help="proposals per speculation round (G), default 4")
+    g.add_argument("--verify", default="batched", choices=["batched", "stepwise"],
+                   help="batched (default): one (G+1)-token target pass per round; stepwise: G+1 one-token passes, "
+                   "bit for bit the computation of plain decoding (greedy output equal to plain greedy in any dtype), "
+                   "about G+1 target steps per round")
     g.add_argument("--prompt", action="append", help="prompt text (repeat for a batch); default: stdin")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")

@@ -129,6 +129,9 @@ class SpecState:
                             eos_ids=("batch", None), steps=())
 
 
+VERIFY_MODES = ("batched", "stepwise")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Decoder:
     """Everything static about one compiled decode program (hashable: the jit's static argument).
@@ -139,6 +142,12 @@ class Decoder:
     ids at or above it (embedding padding) are never sampled. `rule` is `rejection.accept` (tests
     substitute a deliberately wrong one). Sampling settings, max_new_tokens and EOS ids are not
     here: they are runtime values of `Batch`.
+
+    verify: "batched" (default) checks the G proposals in one (G+1)-token target pass. "stepwise"
+    runs G+1 one-token passes instead, the very computation of plain decoding's steps, so greedy
+    output equals plain greedy output bit for bit in any dtype and on any backend; it costs about
+    G+1 target steps per round (a debugging and trust mode, not a fast one; see README, "Exactness,
+    per dtype").
     """
 
     lm: LM
@@ -147,8 +156,11 @@ class Decoder:
     drafter: Any = None
     gamma: int = 0
     rule: Callable = rejection.accept
+    verify: str = "batched"
 
     def __post_init__(self):
+        if self.verify not in VERIFY_MODES:
+            raise ConfigError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {self.verify!r}")
         if self.drafter is None:
             if self.gamma != 0:
                 raise ConfigError(f"gamma must be 0 without a drafter, got {self.gamma}")
@@ -294,6 +306,8 @@ def verify(dec: Decoder, params, state: SpecState, proposal: Proposal) -> tuple[
     positions_bg1 = jnp.where(state.done[:, None], -1, positions_bg1)
 
     def full(_):
+        if dec.verify == "stepwise":
+            return _stepwise_forward(dec, params, tokens_bg1, positions_bg1, state.cache)
         return dec.lm.forward(params, tokens_bg1, positions_bg1, state.cache, taps=dec.taps)
 
     def single(_):
@@ -307,6 +321,19 @@ def verify(dec: Decoder, params, state: SpecState, proposal: Proposal) -> tuple[
     else:
         logits_bgv, cache, taps_nbgd = full(None)
     return Verified(tokens=tokens_bg1, positions=positions_bg1, logits=logits_bgv, taps=taps_nbgd), cache
+
+
+def _stepwise_forward(dec: Decoder, params, tokens_bt, positions_bt, cache: KVCache):
+    """`lm.forward` over T tokens as T one-token passes in a `lax.scan` (the shapes of `ar_step`)."""
+
+    def one(cache, xs):
+        tokens_b, positions_b = xs
+        logits_b1v, cache, taps_nb1d = dec.lm.forward(params, tokens_b[:, None], positions_b[:, None], cache,
+                                                      taps=dec.taps)
+        return cache, (logits_b1v[:, 0], taps_nb1d[:, :, 0])
+
+    cache, (logits_tbv, taps_tnbd) = jax.lax.scan(one, cache, (tokens_bt.T, positions_bt.T))
+    return logits_tbv.transpose(1, 0, 2), cache, taps_tnbd.transpose(1, 2, 0, 3)
 
 
 def accept(dec: Decoder, keys_b, state: SpecState, proposal: Proposal, verified: Verified) -> Verdict:

@@ -33,7 +33,7 @@ from specjax.config import SamplingConfig, cache_dir
 from specjax.drafters import registry
 from specjax.errors import ConfigError
 from specjax.lm import LM
-from specjax.loop import Batch, Decoder
+from specjax.loop import VERIFY_MODES, Batch, Decoder
 
 MIN_PROMPT_BUCKET = 16
 MIN_SIZE_BUCKET = 16
@@ -252,13 +252,18 @@ class Sampler:
     draft: None (autoregressive), a drafter string (see `specjax.drafters.registry`), a loaded draft
     model with the target's tokenizer, or a (drafter, params) pair. load_model: resolves the NAME of
     `model:NAME` (the CLI passes `specjax.models.load`). mesh: a `specjax.sharding.make_mesh(data,
-    model)` mesh (default: one device); rules / draft_rules: logical-axis tables.
+    model)` mesh (default: one device); rules / draft_rules: logical-axis tables. verify: "batched"
+    (one (G+1)-token target pass per round) or "stepwise" (G+1 one-token passes: greedy output equals
+    plain greedy output bit for bit in any dtype, at about G+1 target steps per round).
     """
 
     def __init__(self, target, draft=None, *, gamma: int = 4, eos_ids: Sequence[int] | None = None, mesh=None,
-                 rules=None, draft_rules=None, load_model=None):
+                 rules=None, draft_rules=None, load_model=None, verify: str = "batched"):
         if not isinstance(gamma, int) or gamma < 1:
             raise ConfigError(f"gamma must be an integer >= 1, got {gamma!r}")
+        if verify not in VERIFY_MODES:
+            raise ConfigError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
+        self.verify = verify
         self.tokenizer = getattr(target, "tokenizer", None)
         if eos_ids is None:
             eos_ids = tuple(self.tokenizer.eos_ids) if self.tokenizer is not None else ()
@@ -288,7 +293,7 @@ class Sampler:
         by `size_bucket`, so nearby lengths share it)."""
         need = prompt_len + max_new_tokens + (1 if self.drafter is None else self.gamma + 2)
         return Decoder(lm=self.lm, size=size_bucket(need), vocab_size=self.vocab_limit, drafter=self.drafter,
-                       gamma=self.gamma)
+                       gamma=self.gamma, verify=self.verify)
 
     def batch(self, ids: list[list[int]], *, sampling=None, max_new_tokens=64, seed=0, eos_ids=None) -> Batch:
         """Host-side inputs for these tokenised prompts: padded to the buckets, settings per row."""
