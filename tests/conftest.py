@@ -191,3 +191,16 @@ def perturbed(model: "Tiny", seed: int, noise: float) -> "Tiny":
     leaves = [x + noise * x.std() * jax.random.normal(k, x.shape, x.dtype) if x.ndim >= 2 else x
               for x, k in zip(leaves, keys)]
     return Tiny(nnx.merge(graphdef, jax.tree.unflatten(tree, leaves)))
+
+
+def as_dtype(model: "Tiny", dtype) -> "Tiny":
+    """A copy of `model` with its float params (and its KV cache dtype) in `dtype`."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, state = nnx.split(model.module)
+    state = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+    module = nnx.merge(graphdef, state)
+    module.dtype = jnp.dtype(dtype)
+    return Tiny(module, model.tokenizer)

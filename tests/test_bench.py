@@ -227,3 +227,12 @@ def test_refresh_section_appends_when_missing(tmp_path):
     report.refresh_section(doc, "x", "table 2\n")
     text = doc.read_text()
     assert text.count("<!-- bench:x:start -->") == 1 and "table 2" in text and "table\n" not in text
+
+
+def test_first_divergence_finds_where_two_outputs_part():
+    from specjax.bench.divergence import first_divergence
+
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([4], [5]) == 0
+    assert first_divergence([1, 2], [1, 2, 7]) == 2  # one stopped where the other went on

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from specjax.cache import KVCache
 
@@ -32,3 +33,16 @@ def test_shape_properties_and_axes():
     assert cache.nbytes == 2 * 3 * 2 * 7 * 4 * 8 * 2
     axes = cache.logical_axes()
     assert axes.k == axes.v == ("layers", "batch", "seq", "kv_heads", "head_dim")
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_16_bit_caches_store_bit_patterns_and_read_back_the_values(dtype):
+    cache = KVCache.zeros(layers=2, batch=1, size=4, kv_heads=1, head_dim=3, dtype=dtype)
+    assert cache.k.dtype == jnp.uint16 and cache.dtype == jnp.dtype(dtype)
+    k_btkh = jnp.asarray([[[[1.5, -2.25, 3e-3]], [[-0.0, 7.0, 1e4]]]], jnp.float32)  # [1, 2, 1, 3]
+    cache = cache.write(1, k_btkh, -k_btkh, jnp.asarray([[1, 3]]))
+    keys, values = cache.keys(1), cache.values(1)
+    assert keys.dtype == values.dtype == jnp.dtype(dtype)
+    np.testing.assert_array_equal(np.asarray(keys[0, [1, 3]], np.float32), np.asarray(k_btkh[0].astype(dtype), np.float32))
+    np.testing.assert_array_equal(np.asarray(values[0, [1, 3]], np.float32), -np.asarray(k_btkh[0].astype(dtype), np.float32))
+    assert not np.asarray(cache.keys(0)).any() and not np.asarray(keys[0, [0, 2]]).any()

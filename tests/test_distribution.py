@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_lm
+from conftest import as_dtype, tiny_lm
 
 from specjax import loop, rejection, sampling
 from specjax.config import GREEDY, SamplingConfig
@@ -133,6 +133,37 @@ def test_draft_disagrees_with_target(models):
     cfg = CONFIGS["temperature-1"]
     tv = 0.5 * np.abs(exact_distribution(target, cfg) - exact_distribution(draft, cfg)).sum()
     assert tv > 0.3
+
+
+@pytest.fixture(scope="module")
+def models_bf16(models):
+    return tuple(as_dtype(m, jnp.bfloat16) for m in models)
+
+
+@pytest.mark.parametrize("drafter,name", [("model", "temperature-1"), ("ngram:2", "top-p-0.8")])
+def test_samples_follow_the_target_with_bfloat16_params(models_bf16, drafter, name):
+    """bf16 weights, float32 logits, warping and acceptance: still the target's distribution (the
+    exact one enumerated from the same bf16 model)."""
+    target, draft = models_bf16
+    assert jax.tree.leaves(nnx_params(target))[0].dtype == jnp.bfloat16
+    cfg = CONFIGS[name]
+    dist = exact_distribution(target, cfg)
+    counts = sample_continuations(target, draft if drafter == "model" else drafter, cfg)
+    p_value = chi_square_p_value(counts, dist)
+    print(f"\nbf16 {drafter} {name}: chi-square p = {p_value:.3g}")
+    assert p_value > 1e-3, f"bf16 {drafter} {name}: samples do not follow the target (p = {p_value:.2e})"
+
+
+def test_wrong_acceptance_rule_is_detected_with_bfloat16_params(models_bf16):
+    target, draft = models_bf16
+    cfg = CONFIGS["temperature-1"]
+    p_value = chi_square_p_value(sample_continuations(target, draft, cfg, rule=accept_always),
+                                 exact_distribution(target, cfg))
+    assert p_value < 1e-6, f"bf16: the always-accept rule was not detected (p = {p_value:.2e})"
+
+
+def nnx_params(model):
+    return LM.split(model.module)[1]
 
 
 # one batch, a different setting per row (interleaved, so every round mixes greedy and sampled rows)

@@ -183,27 +183,29 @@ class Recorder(Stateless):
 TAPS = (0, 1, 3)  # the embedding output, the input of block 1, and the last block's output (L = 3)
 
 
-def _decode(target, drafter, sampling, *, gamma=3, max_new=24, seed=0, eos=()):
+def _decode(target, drafter, sampling, *, gamma=3, max_new=24, seed=0, eos=(), verify="batched"):
     lm, params = LM.split(target.module)
     prompt_bp, lengths_b, active_b = sampler.pad_batch(PROMPTS)
     size = prompt_bp.shape[1] + max_new + gamma + 2
-    dec = loop.Decoder(lm=lm, drafter=drafter, gamma=gamma, size=size)
+    dec = loop.Decoder(lm=lm, drafter=drafter, gamma=gamma, size=size, verify=verify)
     batch = loop.Batch.make(prompt_bp, lengths_b, active=active_b, max_new_tokens=max_new, eos_ids=tuple(eos),
                             sampling=sampling, key=jax.random.key(seed))
     return loop.generate(dec, params, None, batch)
 
 
-@pytest.mark.parametrize("inner", ["layerskip:1", "ngram:2"])
+@pytest.mark.parametrize("inner,verify", [("layerskip:1", "batched"), ("ngram:2", "batched"),
+                                          ("layerskip:1", "stepwise")])
 @pytest.mark.parametrize("sampling", [SamplingConfig(), SamplingConfig(temperature=1.0, top_k=20)],
                          ids=["greedy", "sampled"])
-def test_observe_receives_the_verified_round_and_the_targets_features(inner, sampling):
+def test_observe_receives_the_verified_round_and_the_targets_features(inner, verify, sampling):
+    """Also for the stepwise verify pass, whose logits and taps come from G+1 one-token passes."""
     target = tiny_lm(0, layers=3, scale=0.04)  # unscaled init: features of order 0.1, where 1e-5 is float32 noise
     lm, params = LM.split(target.module)
     cfg = lm.config
     inner_drafter = registry.resolve(inner, target).drafter
     recorder = Recorder(inner=inner_drafter, taps=TAPS, gamma=3, dim=cfg.dim)
-    state = _decode(target, recorder, sampling)
-    plain = _decode(target, inner_drafter, sampling)
+    state = _decode(target, recorder, sampling, verify=verify)
+    plain = _decode(target, inner_drafter, sampling, verify=verify)
     np.testing.assert_array_equal(np.asarray(state.tokens), np.asarray(plain.tokens),
                                   err_msg="asking for taps changed the output")
 
@@ -293,3 +295,5 @@ def test_decoder_settings_are_checked():
         loop.Decoder(drafter=Abstainer(), gamma=0, **common)
     with pytest.raises(ConfigError, match="gamma must be 0 without a drafter"):
         loop.Decoder(gamma=3, **common)
+    with pytest.raises(ConfigError, match="verify must be one of batched, stepwise, got 'serial'"):
+        loop.Decoder(verify="serial", **common)

@@ -71,15 +71,13 @@ class Reference:
             self._fns[which, size] = fn
         return self._fns[which, size]
 
-    def pass_difference(self, ids: Sequence[int], gamma: int) -> float:
-        """How much a one-token pass and a (G+1)-token pass round apart in the run's dtype: prefill all
-        but the last G+1 tokens of `ids`, then feed those G+1 tokens once as G+1 one-token passes and
-        once as one pass; -> the largest |logit difference| over the G+1 positions and the vocabulary."""
-        from specjax.sampler import bucket
-
+    def pass_difference(self, ids: Sequence[int], gamma: int, size: int) -> float:
+        """How much a one-token pass and a (G+1)-token pass round apart in the run's dtype, with a
+        cache of `size` slots (the decode's: how kernels round can depend on it): prefill all but the
+        last G+1 tokens of `ids`, then feed those G+1 tokens once as G+1 one-token passes and once
+        as one pass; -> the largest |logit difference| over the G+1 positions and the vocabulary."""
         lm, params = self.lms["run"]
         n, T = len(ids), gamma + 1
-        size = bucket(n, 16)
         key = ("diff", size, n, T)
         if key not in self._fns:
             def fn(params, tokens_n):
@@ -145,14 +143,19 @@ def compare(ref, tokenizer, prompts_ids, base: list[list[int]], other: list[list
 
 def run(target: str = "smollm2-135m-instruct", dtype: str = "bfloat16", drafters=DEFAULT_DRAFTERS,
         suites=DEFAULT_SUITES, max_new_tokens: int = 128, gamma: int = 4, bound: float = DEFAULT_BOUND,
-        verify: str = "batched", progress: bool = True) -> dict:
+        verify: str = "batched", progress: bool = True, models=None) -> dict:
+    """The whole comparison -> a report (see the module docstring). `models`: an already loaded
+    (float32, run dtype) pair of `target` to use instead of loading it."""
     from specjax.bench.prompts import load_suite
     from specjax.models import load
-    from specjax.sampler import Sampler, encode_prompts
+    from specjax.sampler import MIN_PROMPT_BUCKET, Sampler, bucket, encode_prompts, size_bucket
 
     started = time.perf_counter()
-    f32_model = load(target, dtype="float32", progress=False)
-    run_model = f32_model if dtype == "float32" else load(target, dtype=dtype, progress=False)
+    if models is not None:
+        f32_model, run_model = models
+    else:
+        f32_model = load(target, dtype="float32", progress=False)
+        run_model = f32_model if dtype == "float32" else load(target, dtype=dtype, progress=False)
     tokenizer = run_model.tokenizer
     prompts_ids = []
     for spec in suites:
@@ -175,8 +178,10 @@ def run(target: str = "smollm2-135m-instruct", dtype: str = "bfloat16", drafters
     plain32 = decode(f32_model, None, "float32")
     plain = decode(run_model, None, dtype) if run_model is not f32_model else plain32
     ref = Reference(f32_model, run_model)
-    # the rounding difference between the two kinds of pass, at the end of each plain output
-    diffs = [ref.pass_difference(list(ids) + out, gamma) for ids, out in zip(prompts_ids, plain) if len(out) > gamma]
+    # the rounding difference between the two kinds of pass, at the end of each plain output, with
+    # the cache size of the speculative decode of that prompt
+    diffs = [ref.pass_difference(list(ids) + out, gamma, size_bucket(bucket(len(ids), MIN_PROMPT_BUCKET) + max_new_tokens + gamma + 2))
+             for ids, out in zip(prompts_ids, plain) if len(out) > gamma]
     report = {"target": target, "dtype": dtype, "gamma": gamma, "verify": verify, "max_new_tokens": max_new_tokens,
               "suites": list(suites), "prompts": len(prompts_ids), "bound": bound,
               "pass_difference": {"max": max(diffs, default=None), "median": float(np.median(diffs)) if diffs else None},
