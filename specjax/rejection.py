@@ -4,13 +4,14 @@ and only it: every acceptance decision of specjax is made here, through `accept`
 Axes: B batch, G proposals per round, V vocabulary.
 
 Sampled rule, per row: proposal d_i (drawn from q_i) is accepted with probability min(1, p_i(d_i) /
-q_i(d_i)), implemented as u * q_i(d_i) <= p_i(d_i) with u ~ U[0, 1) (no division, so no NaN when
-q == 0 or p == q). At the first rejection n the next token is drawn from the residual
+q_i(d_i)), implemented as u * q_i(d_i) < p_i(d_i) with u ~ U[0, 1) (no division, so no NaN when
+q == 0 or p == q; strict, so a proposal the warped target gives probability 0 is never accepted,
+even when u is exactly 0, which a float32 uniform draw is about once in 2^23 draws). At the first rejection n the next token is drawn from the residual
 normalize(max(0, p_n - q_n)); if all G pass, a bonus token is drawn from p_G. Every row then emits
 n accepted proposals plus that one token, and the result is distributed exactly as p.
 
 `q_bgv=None` means the proposals are point masses (greedy drafters, n-gram lookup): q_i(d_i) = 1,
-so acceptance is u <= p_i(d_i), and the residual is p_n with d_n removed.
+so acceptance is u < p_i(d_i), and the residual is p_n with d_n removed.
 
 A proposal id of -1 means "no proposal" (a drafter that found nothing to say, e.g. prompt lookup
 without a match): it is never accepted, and the next token is drawn from p itself (q is zero there).
@@ -127,7 +128,7 @@ def accept_given_uniforms(u_bg: jax.Array, u_next_b: jax.Array, draft_bg: jax.Ar
     ids_bg = jnp.maximum(draft_bg, 0)
     p_d_bg = jnp.take_along_axis(p_bg1v[:, :G], ids_bg[..., None], axis=-1)[..., 0]
     q_d_bg = 1.0 if q_bgv is None else jnp.take_along_axis(q_bgv, ids_bg[..., None], axis=-1)[..., 0]
-    n_b = _leading_true(present_bg & (u_bg * q_d_bg <= p_d_bg))
+    n_b = _leading_true(present_bg & (u_bg * q_d_bg < p_d_bg))
 
     p_n_bv = jnp.take_along_axis(p_bg1v, n_b[:, None, None], axis=1)[:, 0]
     at_b = jnp.minimum(n_b, G - 1)  # the rejected position (unused when n == G)

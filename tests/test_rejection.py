@@ -36,8 +36,21 @@ def test_proposal_with_zero_target_probability_is_rejected():
     assert int(nxt[0]) in (1, 2)
 
 
+def test_a_zero_probability_proposal_is_rejected_even_when_u_is_exactly_zero():
+    """u = 0.0 is a possible float32 uniform draw; 0 * q <= 0 would accept a token the warped target
+    can never emit (outside top-k/top-p, or an impossible token)."""
+    p = _p([0.0, 0.6, 0.4], [0.5, 0.5, 0.0])
+    u0 = jnp.asarray([[0.0]])
+    for q in (jnp.asarray([[[0.7, 0.2, 0.1]]]), None):  # an explicit q, and a point mass (q = None)
+        n, nxt = accept_given_uniforms(u0, U_NEXT, jnp.asarray([[0]]), q, p)
+        assert int(n[0]) == 0 and int(nxt[0]) != 0, f"q={q}"
+    # with u = 0 a proposal of positive probability is still accepted
+    n, _ = accept_given_uniforms(u0, U_NEXT, jnp.asarray([[1]]), None, p)
+    assert int(n[0]) == 1
+
+
 def test_accept_probability_is_min_one_p_over_q():
-    # p(d) / q(d) = 0.3 / 0.6 = 0.5: accepted iff u <= 0.5
+    # p(d) / q(d) = 0.3 / 0.6 = 0.5: accepted iff u < 0.5
     p = _p([0.3, 0.7], [1.0, 0.0])
     q = jnp.asarray([[[0.6, 0.4]]])
     draft = jnp.asarray([[0]])
