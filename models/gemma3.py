@@ -44,6 +44,7 @@ def config_from_hf(hf: dict) -> TransformerConfig:
         rope = rope_from_hf(hf, theta_default=1_000_000.0)
         rope_local = rope_from_hf(hf, params={"rope_theta": hf.get("rope_local_base_freq", 10000.0)})
     return TransformerConfig(
+        max_context=hf.get("max_position_embeddings"),
         family="gemma3",
         vocab_size=require(hf, "vocab_size", "gemma3"),
         dim=D,

@@ -23,6 +23,7 @@ def config_from_hf(hf: dict) -> TransformerConfig:
         raise ConversionError(f"llama: hidden_act {act!r} is not supported (expected 'silu')")
     window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
     return TransformerConfig(
+        max_context=hf.get("max_position_embeddings"),
         family="llama",
         vocab_size=require(hf, "vocab_size", "llama"),
         dim=D,

@@ -25,6 +25,7 @@ def config_from_hf(hf: dict) -> TransformerConfig:
     if hf.get("hidden_act", "silu") != "silu":
         raise ConversionError(f"{model_type}: hidden_act {hf['hidden_act']!r} is not supported (expected 'silu')")
     return TransformerConfig(
+        max_context=hf.get("max_position_embeddings"),
         family=model_type,
         vocab_size=require(hf, "vocab_size", model_type),
         dim=D,

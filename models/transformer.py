@@ -90,6 +90,7 @@ class TransformerConfig:
     sandwich_norm: bool = False  # Gemma: extra norms after attention and after the MLP
     position: Literal["rope", "learned"] = "rope"
     max_positions: int | None = None  # P, for learned positions
+    max_context: int | None = None  # the context length the checkpoint declares (max_position_embeddings)
     rope: RopeConfig | None = None  # global layers
     rope_local: RopeConfig | None = None  # sliding-window layers, when they differ
     sliding_window: int | None = None
@@ -113,6 +114,14 @@ class TransformerConfig:
     @property
     def kinds(self) -> tuple[str, ...]:
         return self.layer_kinds or ("global",) * self.num_layers
+
+    @property
+    def context_length(self) -> int | None:
+        """The most positions a sequence may use: the learned positions, else the declared context
+        length (None when the checkpoint declares none)."""
+        if self.position == "learned":
+            return self.max_positions if self.max_context is None else min(self.max_positions, self.max_context)
+        return self.max_context
 
     @property
     def has_local_layers(self) -> bool:

@@ -35,6 +35,36 @@ def memory(lm: LM, params, drafter=None, draft_params=None, *, batch: int = 1, l
     return report
 
 
+def device_memory_bytes() -> int | None:
+    """Memory of the first device: the allocator's limit where JAX reports one (GPU, TPU), the
+    machine's physical memory for the CPU backend, else None."""
+    import os
+
+    device = jax.devices()[0]
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # backends without memory statistics
+        stats = {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    if device.platform == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def request_bytes(lm: LM, params, drafter, draft_params, *, batch: int, prompt: int, length: int) -> dict:
+    """A lower estimate of the memory one decode call needs: params, the KV caches and the drafter's
+    state (`memory`), plus the prefill's largest transient, one block's float32 attention scores and
+    softmax [B, N, P, S] (the blocks run one at a time)."""
+    m = memory(lm, params, drafter, draft_params, batch=batch, length=length)
+    scores = 2 * batch * lm.config.num_heads * prompt * length * 4
+    total = m["target_param_bytes"] + m["target_cache_bytes"] + m["speculation_overhead_bytes"] + scores
+    return {**m, "prefill_scores_bytes": scores, "total_bytes": total}
+
+
 def memory_report(target, draft=None, *, batch: int = 1, length: int = 2048, load_model=None) -> dict:
     """`memory` for a loaded target and a drafter given as `generate` takes it (string, model or pair)."""
     from specjax.drafters import registry

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax import report, sampling, sharding as shd
+from specjax import report, sampling, sharding as shd, validate
 from specjax.config import SamplingConfig, cache_dir
 from specjax.drafters import registry
 from specjax.errors import ConfigError
@@ -118,26 +118,22 @@ class CompiledCache:
 COMPILED = CompiledCache()
 
 
-def encode_prompts(tokenizer, prompts: Sequence, *, chat: bool) -> list[list[int]]:
-    """Text prompts (or lists of token ids) -> lists of token ids; a single prompt may be given bare."""
-    if isinstance(prompts, np.ndarray):
-        prompts = prompts.tolist()
-    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-        prompts = [prompts]
-    if not prompts:
-        raise ConfigError("prompts is empty")
+def encode_prompts(tokenizer, prompts, *, chat: bool) -> list[list[int]]:
+    """Prompts (see `validate.prompts`: text, token ids, lists of those, a 2-D integer array) -> lists
+    of token ids; a single prompt may be given bare."""
     out = []
-    for i, p in enumerate(prompts):
+    for i, p in enumerate(validate.prompts(prompts)):
         if isinstance(p, str):
             if tokenizer is None:
                 raise ConfigError("text prompts need a model with a tokenizer; pass token ids instead")
+            validate.text(f"prompt {i}", p)
             if chat:
                 text = tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
                 out.append(tokenizer.encode(text, add_bos=False))
             else:
                 out.append(tokenizer.encode(p))
         else:
-            out.append([int(t) for t in p])
+            out.append(p)
         if not out[-1]:
             raise ConfigError(f"prompt {i} is empty after tokenization")
     return out
@@ -174,9 +170,9 @@ def row_keys(seed, n: int, batch: int) -> jax.Array:
     """PRNG keys [batch]: an int seed s gives row b fold_in(key(s), b); a list gives row b key(seed[b]), so
     a row run alone with seed=[s] draws what it drew in the batch. Padding rows get unused keys."""
     if isinstance(seed, (list, tuple)):
-        seeds = [int(x) for x in per_prompt("seed", seed, n, (int, np.integer))] + [0] * (batch - n)
-        return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
-    return sampling.row_keys(jax.random.key(int(seed)), batch)
+        seeds = [validate.seed(f"seed[{i}]", x) for i, x in enumerate(per_prompt("seed", seed, n, int))]
+        return jax.vmap(jax.random.key)(jnp.asarray(seeds + [0] * (batch - n), jnp.uint32))
+    return sampling.row_keys(jax.random.key(validate.seed("seed", seed)), batch)
 
 
 def one_device_mesh():
@@ -259,8 +255,12 @@ class Sampler:
 
     def __init__(self, target, draft=None, *, gamma: int = 4, eos_ids: Sequence[int] | None = None, mesh=None,
                  rules=None, draft_rules=None, load_model=None, verify: str = "batched"):
-        if not isinstance(gamma, int) or gamma < 1:
-            raise ConfigError(f"gamma must be an integer >= 1, got {gamma!r}")
+        if not hasattr(target, "module"):
+            hint = (f"; load it with specjax.models.load({target!r})" if isinstance(target, (str, os.PathLike))
+                    else " such as specjax.models.load(...) returns")
+            raise ConfigError(f"target must be a loaded model (with .module and .tokenizer){hint}, got "
+                              f"{type(target).__name__}")
+        gamma = validate.integer("gamma", gamma, low=1)
         if verify not in VERIFY_MODES:
             raise ConfigError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
         self.verify = verify
@@ -286,25 +286,31 @@ class Sampler:
             if resolved.vocab_limit is not None:
                 limit, rows = min(limit, resolved.vocab_limit), max(rows, resolved.rows or rows)
         self.vocab_limit = limit if limit < rows else None
-        self._memory: dict[tuple[int, int], dict] = {}  # (batch, size) -> report.memory
+        self._memory: dict[tuple, Any] = {}  # (batch, size) -> report.memory; ("request", ...) -> check_memory's
 
     def decoder(self, *, max_new_tokens: int, prompt_len: int) -> Decoder:
         """The static decoder for this prompt bucket and a buffer that holds `max_new_tokens` (bucketed
         by `size_bucket`, so nearby lengths share it)."""
-        need = prompt_len + max_new_tokens + (1 if self.drafter is None else self.gamma + 2)
+        # never more proposals per round than tokens wanted after the first (which the prefill emits)
+        gamma = min(self.gamma, max(1, max_new_tokens - 1)) if self.drafter is not None else 0
+        need = prompt_len + max_new_tokens + (1 if self.drafter is None else gamma + 2)
         return Decoder(lm=self.lm, size=size_bucket(need), vocab_size=self.vocab_limit, drafter=self.drafter,
-                       gamma=self.gamma, verify=self.verify)
+                       gamma=gamma, verify=self.verify)
 
     def batch(self, ids: list[list[int]], *, sampling=None, max_new_tokens=64, seed=0, eos_ids=None) -> Batch:
         """Host-side inputs for these tokenised prompts: padded to the buckets, settings per row."""
         n = len(ids)
         prompt_bp, lengths_b, active_b = pad_batch(ids)
         B = prompt_bp.shape[0]
-        configs = per_prompt("sampling", sampling if sampling is not None else SamplingConfig(), n, SamplingConfig)
-        max_new = per_prompt("max_new_tokens", max_new_tokens, n, (int, np.integer))
-        for m in max_new:
-            if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
-                raise ConfigError(f"max_new_tokens must be an integer >= 1, got {m!r}")
+        if isinstance(sampling, (list, tuple)):
+            configs = [SamplingConfig.coerce(c, f"sampling[{i}]")
+                       for i, c in enumerate(per_prompt("sampling", sampling, n, ()))]
+        else:
+            configs = [SamplingConfig.coerce(sampling if sampling is not None else SamplingConfig())] * n
+        max_new = per_prompt("max_new_tokens", max_new_tokens, n, (int, np.integer, float))
+        listed = isinstance(max_new_tokens, (list, tuple))
+        max_new = [validate.integer(f"max_new_tokens[{i}]" if listed else "max_new_tokens", m, low=1)
+                   for i, m in enumerate(max_new)]
         eos = self.eos_ids if eos_ids is None else eos_ids
         eos_rows = (per_prompt("eos_ids", list(eos), n, tuple) if eos and isinstance(eos[0], (list, tuple))
                     else [tuple(eos)] * n)
@@ -334,8 +340,10 @@ class Sampler:
             if min(p) < 0 or max(p) >= V:
                 raise ConfigError(f"prompt {i} has token ids outside [0, {V})")
         batch = self.batch(ids, sampling=sampling, max_new_tokens=max_new_tokens, seed=seed, eos_ids=eos_ids)
+        self.check_context(ids, np.asarray(batch.max_new_tokens)[:len(ids)].tolist())
         decoder = self.decoder(max_new_tokens=int(np.max(np.asarray(batch.max_new_tokens))),
                                prompt_len=batch.prompt.shape[1])
+        self.check_memory(batch=batch.prompt.shape[0], prompt=batch.prompt.shape[1], length=decoder.size)
         before = COMPILED.compilations
         program, compile_s = self.program(decoder, batch)
         started = time.perf_counter()
@@ -346,6 +354,36 @@ class Sampler:
         result.timing["compilations"] = COMPILED.compilations - before
         result.stats["memory"] = self.memory(batch=batch.prompt.shape[0], length=decoder.size)
         return result
+
+    def check_context(self, ids: list[list[int]], max_new: list[int]) -> None:
+        """Refuse, before anything compiles, a prompt whose tokens plus max_new_tokens exceed the
+        target's context length (its learned positions, or the length its checkpoint declares)."""
+        ctx = self.lm.config.context_length
+        if ctx is None:
+            return
+        for i, (p, m) in enumerate(zip(ids, max_new)):
+            if len(p) + m > ctx:
+                raise ConfigError(f"prompt {i} has {len(p)} tokens and max_new_tokens is {m}: {len(p) + m} tokens "
+                                  f"exceed the target's context length of {ctx} tokens")
+
+    def check_memory(self, *, batch: int, prompt: int, length: int) -> None:
+        """Refuse a call whose buffers alone clearly exceed the device's memory (`report.request_bytes`
+        against `report.device_memory_bytes`), naming the estimate, instead of an allocator failure."""
+        key = ("request", batch, prompt, length)
+        if key not in self._memory:
+            self._memory[key] = (report.device_memory_bytes(), report.request_bytes(
+                self.lm, self.params, self.drafter, self.draft_params, batch=batch, prompt=prompt, length=length))
+        have, need = self._memory[key]
+        if have is None:
+            return
+        if need["total_bytes"] > have:
+            gb = 2**30
+            raise ConfigError(
+                f"this call needs at least {need['total_bytes'] / gb:.1f} GiB (params "
+                f"{need['target_param_bytes'] / gb:.1f}, KV caches {need['target_cache_bytes'] / gb:.1f}, drafter "
+                f"{need['speculation_overhead_bytes'] / gb:.1f}, prefill attention scores "
+                f"{need['prefill_scores_bytes'] / gb:.1f}) for {batch} rows of {length} slots, but the device has "
+                f"{have / gb:.1f} GiB; use fewer prompts per call, shorter prompts or fewer new tokens")
 
     def memory(self, *, batch: int, length: int) -> dict:
         """`report.memory` of this target and drafter, computed once per (batch, length)."""

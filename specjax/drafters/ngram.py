@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from specjax.drafters.base import Stateless
@@ -38,26 +39,31 @@ class NGramDrafter(Stateless):
 def lookup(tokens_bs, lengths_b, gamma: int, *, nmax: int, nmin: int = 1, eos_be=None):
     """-> (proposals [B,G] with -1 where there is none, match length n [B] (0 = no match)).
 
+    For every place e a continuation could start (e <= L - 1, so it is committed), the length of the
+    match ending just before e is counted backwards against the row's tail, one token per step of a
+    `lax.fori_loop` capped at min(nmax, S): device work grows with nmax, trace size does not. The
+    longest match (at least nmin) wins; among equally long ones, the latest.
+
     eos_be [B,E]: each row's EOS ids (-1 = unused slot); nothing is proposed after one."""
     B, S = tokens_bs.shape
     L_b1 = lengths_b[:, None]
-    cont_start_b = jnp.full((B,), -1, jnp.int32)
-    found_n_b = jnp.zeros((B,), jnp.int32)
-    for n in range(nmax, nmin - 1, -1):
-        if n >= S:
-            continue
-        tail_bn = jnp.take_along_axis(tokens_bs, jnp.clip(L_b1 - n + jnp.arange(n), 0, S - 1), axis=1)
-        W = S - n + 1  # candidate match starts s = 0 .. S - n
-        match_bw = jnp.ones((B, W), bool)
-        for k in range(n):
-            match_bw &= tokens_bs[:, k:k + W] == tail_bn[:, k:k + 1]
-        s_w = jnp.arange(W)
-        # the match must end before the tail's last token, so that a committed continuation exists
-        usable_bw = match_bw & (s_w + n <= L_b1 - 1) & (L_b1 >= n + 1)
-        latest_b = jnp.max(jnp.where(usable_bw, s_w, -1), axis=1)
-        take_b = (found_n_b == 0) & (latest_b >= 0)
-        cont_start_b = jnp.where(take_b, latest_b + n, cont_start_b)
-        found_n_b = jnp.where(take_b, n, found_n_b)
+    e_s = jnp.arange(S)  # a match occupies [e - n, e); its continuation starts at e
+
+    def extend(j, carry):  # does the match ending before e also agree j tokens back?
+        alive_bs, run_bs = carry
+        back_b1 = L_b1 - 1 - j
+        tail_b1 = jnp.take_along_axis(tokens_bs, jnp.clip(back_b1, 0, S - 1), axis=1)
+        here_s = e_s - 1 - j
+        cand_bs = jnp.take_along_axis(tokens_bs, jnp.broadcast_to(jnp.clip(here_s, 0, S - 1), (B, S)), axis=1)
+        alive_bs = alive_bs & (here_s >= 0) & (back_b1 >= 0) & (cand_bs == tail_b1)
+        return alive_bs, run_bs + alive_bs
+
+    usable_bs = (e_s >= 1) & (e_s <= L_b1 - 1)
+    _, run_bs = jax.lax.fori_loop(0, min(nmax, S), extend, (usable_bs, jnp.zeros((B, S), jnp.int32)))
+    found_n_b = jnp.max(run_bs, axis=1)
+    found_n_b = jnp.where(found_n_b >= nmin, found_n_b, 0)
+    latest_b = jnp.max(jnp.where((run_bs >= found_n_b[:, None]) & (found_n_b[:, None] > 0), e_s, -1), axis=1)
+    cont_start_b = jnp.where(found_n_b > 0, latest_b, -1)
     pos_bg = cont_start_b[:, None] + jnp.arange(gamma)
     props_bg = jnp.take_along_axis(tokens_bs, jnp.clip(pos_bg, 0, S - 1), axis=1)
     ok_bg = (found_n_b[:, None] > 0) & (pos_bg < L_b1)
