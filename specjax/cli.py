@@ -21,27 +21,72 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _cmd_generate(args) -> int:
+def _read_stdin() -> str:
+    from specjax.errors import ConfigError
+
+    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"the prompt on stdin is not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 1]!r}); "
+                          "convert it to UTF-8 or pass --prompt") from None
+    if not text.strip():
+        raise ConfigError("no prompt: give --prompt TEXT or text on stdin")
+    return text
+
+
+def _check_generate_args(args):
+    """Everything about a generate call that needs no model, checked before one loads -> (sampling, drafter)."""
+    from specjax import validate
     from specjax.config import SamplingConfig
     from specjax.drafters import registry
     from specjax.errors import ConfigError
-    from specjax.models import load
-    from specjax.sampler import Sampler
 
     sampling = SamplingConfig.make(args.temperature, args.top_k, args.top_p)
+    validate.integer("--max-new-tokens", args.max_new_tokens, low=1)
+    validate.integer("--gamma", args.gamma, low=1)
+    validate.seed("--seed", args.seed)
     if args.drafter and args.draft:
         raise ConfigError(f"--draft {args.draft!r} and --drafter {args.drafter!r} both name a drafter; give one")
     drafter = args.drafter or (f"model:{args.draft}" if args.draft else None)
     if drafter is not None:
-        drafter = registry.parse(drafter)  # a bad drafter string fails before any model is loaded
+        registry.parse(drafter)  # a bad drafter string fails before any model is loaded
+    if args.verify == "stepwise" and drafter is None:
+        raise ConfigError("--verify stepwise needs a drafter (--drafter); plain decoding has no verify pass")
+    if args.mesh:
+        _parse_mesh(args.mesh)
+    multi = (args.coordinator, args.num_processes, args.process_id)
+    if any(x is not None for x in multi) and not all(x is not None for x in multi):
+        raise ConfigError("multi-host runs need --coordinator, --num-processes and --process-id together "
+                          f"(got coordinator={args.coordinator}, num-processes={args.num_processes}, "
+                          f"process-id={args.process_id})")
+    if args.num_processes is not None:
+        validate.integer("--num-processes", args.num_processes, low=1)
+        validate.integer("--process-id", args.process_id, low=0, high=args.num_processes - 1)
+    if args.local_devices is not None:
+        validate.integer("--local-devices", args.local_devices, low=1)
+    return sampling, drafter
+
+
+def _cmd_generate(args) -> int:
+    from specjax.models import load
+    from specjax.sampler import Sampler
+
+    sampling, drafter = _check_generate_args(args)
+    prompts = args.prompt or [_read_stdin()]
     start = time.perf_counter()
     target = load(args.target, dtype=args.dtype, progress=not args.json)
-    prompts = args.prompt or [sys.stdin.read()]
     mesh = None
     if args.mesh:
+        import jax
+
+        from specjax.errors import ConfigError
         from specjax.sharding import make_mesh
 
         data, model = _parse_mesh(args.mesh)
+        if data * model != jax.device_count():
+            raise ConfigError(f"--mesh {args.mesh} asks for {data * model} devices; this run has {jax.device_count()} "
+                              "(all processes' devices; on CPU --local-devices N exposes N)")
         mesh = make_mesh(data, model)
     sampler = Sampler(target, drafter, gamma=args.gamma, mesh=mesh, verify=args.verify,
                       load_model=lambda name: load(name, dtype=args.dtype, progress=not args.json))
@@ -70,6 +115,8 @@ def _parse_mesh(text: str) -> tuple[int, int]:
         data, model = (int(x) for x in text.lower().split("x"))
     except ValueError as err:
         raise ConfigError(f"--mesh must look like DATAxMODEL (e.g. 2x4), got {text!r}") from err
+    if data < 1 or model < 1:
+        raise ConfigError(f"--mesh sizes must be >= 1, got {text!r}")
     return data, model
 
 
@@ -77,6 +124,7 @@ def _cmd_convert(args) -> int:
     from specjax.models import load, save
     from specjax.models.convert import iter_params
 
+    _check_writable_dir("--out", args.out)
     start = time.perf_counter()
     model = load(args.source, dtype=args.dtype, progress=True)
     out = save(model, args.out, progress=True)
@@ -86,11 +134,26 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _check_writable_dir(flag: str, path: str) -> None:
+    """Refuse, before any work, an output directory that cannot be created or written."""
+    from pathlib import Path
+
+    from specjax.errors import ConfigError
+
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{flag} {path}: exists and is not a directory")
+    existing = next((p for p in [target, *target.parents] if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: cannot write there ({existing} is not a writable directory)")
+
+
 def _cmd_bench(args) -> int:
     from specjax.bench.harness import BenchConfig, run
 
     cfg = BenchConfig.from_yaml(args.config)
     out_dir = args.out or f"benchmarks/{cfg.name}"
+    _check_writable_dir("--out", out_dir)
     out = run(cfg, out_dir)
     print(f"wrote {out_dir}/results.json, results.md and plots "
           f"({len(out['points'])} points, {out['wall_s'] / 60:.1f} min)")
@@ -99,6 +162,7 @@ def _cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specjax", description="Exact speculative decoding in JAX.")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate text from a prompt")
@@ -148,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "generate":
+            _check_generate_args(args)
         if args.command == "generate":  # multi-host flags or the SPECJAX_/JAX_ environment variables
             from specjax.sharding import distributed_init
 
@@ -164,8 +230,13 @@ def main(argv=None) -> int:
                 jax.config.update("jax_num_cpu_devices", args.local_devices)
         return args.func(args)
     except SpecJaxError as err:
+        if args.debug:
+            raise
         print(f"specjax: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("specjax: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -107,3 +107,75 @@ def test_the_compile_cache_switch(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "_cmd_generate", lambda args: seen.append(os.environ["SPECJAX_COMPILE_CACHE"]) or 0)
     assert cli.main(["generate", "--target", "t", "--no-compile-cache"]) == 0
     assert cli.main(["generate", "--target", "t"]) == 0 and seen == ["0", "0"]  # off stays off
+
+
+BAD_GENERATE = [
+    (["--seed", str(2**32)], "--seed must be <= 4294967295"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--gamma", "0"], "--gamma must be >= 1"),
+    (["--temperature", "inf"], "temperature must be finite"),
+    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--top-p", "0"], r"top_p must be in \(0, 1\]"),
+    (["--top-k", "-2"], "top_k must be >= 0"),
+    (["--mesh", "0x1"], "--mesh sizes must be >= 1, got '0x1'"),
+    (["--mesh=-1x-1"], "--mesh sizes must be >= 1"),
+    (["--mesh", "2by2"], "--mesh must look like DATAxMODEL"),
+    (["--num-processes", "2"], "multi-host runs need --coordinator, --num-processes and --process-id together"),
+    (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], "--process-id must be <= 1"),
+    (["--drafter", "ngram:3:1:7"], "expected ngram:NMAX"),
+    (["--verify", "stepwise"], "--verify stepwise needs a drafter"),
+    (["--local-devices", "0"], "--local-devices must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD_GENERATE)
+def test_generate_arguments_are_checked_before_any_model_loads(capsys, extra, message):
+    import re
+
+    assert main(["generate", "--target", "no-such-model", "--prompt", "x", *extra]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "no-such-model" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback(capsys):
+    from specjax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--gamma must be >= 1"):
+        main(["--debug", "generate", "--target", "t", "--prompt", "x", "--gamma", "0"])
+
+
+def test_non_utf8_stdin_is_refused_clearly(capsys, monkeypatch):
+    import io
+    import sys
+
+    class Stdin:
+        buffer = io.BytesIO(b"caf\xe9 au lait")
+
+    monkeypatch.setattr(sys, "stdin", Stdin())
+    assert main(["generate", "--target", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "stdin is not UTF-8 text (byte 3" in err and "Traceback" not in err
+
+
+def test_output_paths_are_checked_before_converting(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["convert", "no-such-model", "--out", str(blocker)]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert main(["convert", "no-such-model", "--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write there" in err and "no-such-model" not in err
+
+
+@pytest.mark.parametrize("content,message", [(None, "no such file"), ("a: [1, 2", "not valid YAML"),
+                                             ("- 1\n- 2\n", "expected a mapping"),
+                                             ("target: x\nunknown_key: 1\n", "unknown keys")])
+def test_bad_bench_configs_are_named(tmp_path, capsys, content, message):
+    path = tmp_path / "cfg.yaml"
+    if content is not None:
+        path.write_text(content)
+    assert main(["bench", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err and "Traceback" not in err

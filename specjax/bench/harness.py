@@ -99,7 +99,14 @@ class BenchConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "BenchConfig":
-        data = yaml.safe_load(Path(path).read_text())
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"bench config {path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"bench config {path}: cannot read it ({err})") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"bench config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
         fields = dataclasses.fields(cls)
