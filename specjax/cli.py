@@ -160,6 +160,51 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+DEMO_PROMPT = (
+    "Fix the spelling mistakes in this text and change nothing else. Reply with the corrected text only.\n\n"
+    "The printing press was invented by Johannes Gutenberg around 1440. Before its invention, books were "
+    "copied by hand, wich was slow and expensive. Gutenberg's press used movable metal type, so a page could "
+    "be set once and printed many times. Within fifty years, presses were working in more than two hundred "
+    "citys across Europe, and millions of books had been printed. Knowledge spread faster than ever before, "
+    "and the cost of a book fell so far that ordinary people could afford to own one."
+)
+
+
+def _cmd_demo(args) -> int:
+    """Plain and speculative decoding of one prompt, side by side, after one warm-up call each."""
+    from specjax.models import load
+    from specjax.sampler import Sampler
+
+    from specjax import validate
+
+    validate.integer("--max-new-tokens", args.max_new_tokens, low=1)
+    validate.integer("--gamma", args.gamma, low=1)
+    from specjax.drafters import registry
+
+    registry.parse(args.drafter)
+    target = load(args.target, progress=True)
+    runs = {}
+    for name, drafter in (("plain", None), (f"speculative ({args.drafter}, G = {args.gamma})", args.drafter)):
+        sampler = Sampler(target, drafter, gamma=args.gamma)
+        first = sampler([args.prompt], max_new_tokens=args.max_new_tokens, chat=True)  # compiles
+        timed = sampler([args.prompt], max_new_tokens=args.max_new_tokens, chat=True)
+        runs[name] = (first, timed)
+    (plain_name, (_, plain)), (spec_name, (_, spec)) = runs.items()
+    print(f"### prompt\n{args.prompt}\n\n### {args.target}\n{spec.text[0]}\n")
+    width = max(len(plain_name), len(spec_name))
+    for name, (first, r) in runs.items():
+        extra = ""
+        if "acceptance_rate" in r.stats:
+            extra = (f", acceptance {r.stats['acceptance_rate']:.2f}, "
+                     f"{r.stats['mean_tokens_per_round']:.2f} tokens per target pass")
+        print(f"{name:<{width}}  {r.timing['tokens_per_s']:6.1f} tok/s ({sum(r.stats['new_tokens'])} tokens in "
+              f"{r.timing['run_s']:.2f} s; compiled in {first.timing['compile_s']:.1f} s){extra}")
+    same = plain.tokens == spec.tokens
+    print(f"speedup {spec.timing['tokens_per_s'] / plain.timing['tokens_per_s']:.2f}x; the two outputs are "
+          f"{'identical, token for token' if same else 'DIFFERENT'}")
+    return 0 if same else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specjax", description="Exact speculative decoding in JAX.")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
@@ -201,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="output directory")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     c.set_defaults(func=_cmd_convert)
+
+    d = sub.add_parser("demo", help="plain and speculative decoding of one prompt side by side")
+    d.add_argument("--target", default="smollm2-135m-instruct")
+    d.add_argument("--drafter", default="ngram:3", help="default ngram:3 (prompt lookup)")
+    d.add_argument("--gamma", type=int, default=8)
+    d.add_argument("--max-new-tokens", type=int, default=128)
+    d.add_argument("--prompt", default=DEMO_PROMPT, help="default: a text to correct (the output repeats the input, "
+                   "where prompt lookup pays)")
+    d.set_defaults(func=_cmd_demo)
 
     b = sub.add_parser("bench", help="run a benchmark suite from a YAML config (see configs/bench/)")
     b.add_argument("config", help="YAML config, e.g. configs/bench/smollm2.yaml")

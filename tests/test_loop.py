@@ -193,10 +193,14 @@ def _decode(target, drafter, sampling, *, gamma=3, max_new=24, seed=0, eos=(), v
     return loop.generate(dec, params, None, batch)
 
 
-@pytest.mark.parametrize("inner,verify", [("layerskip:1", "batched"), ("ngram:2", "batched"),
-                                          ("layerskip:1", "stepwise")])
-@pytest.mark.parametrize("sampling", [SamplingConfig(), SamplingConfig(temperature=1.0, top_k=20)],
-                         ids=["greedy", "sampled"])
+GREEDY_AND_SAMPLED = [SamplingConfig(), SamplingConfig(temperature=1.0, top_k=20)]
+
+
+@pytest.mark.parametrize("inner,verify,sampling",
+                         [(i, "batched", s) for i in ("layerskip:1", "ngram:2") for s in GREEDY_AND_SAMPLED]
+                         + [("layerskip:1", "stepwise", GREEDY_AND_SAMPLED[1])],
+                         ids=["layerskip-greedy", "layerskip-sampled", "ngram-greedy", "ngram-sampled",
+                              "stepwise-sampled"])
 def test_observe_receives_the_verified_round_and_the_targets_features(inner, verify, sampling):
     """Also for the stepwise verify pass, whose logits and taps come from G+1 one-token passes."""
     target = tiny_lm(0, layers=3, scale=0.04)  # unscaled init: features of order 0.1, where 1e-5 is float32 noise

@@ -66,7 +66,7 @@ def test_sampling_frequencies_follow_warped_distribution():
                                atol=0.01)
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=-1.0), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)])
+@pytest.mark.parametrize("kwargs", [dict(temperature=-1.0), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5)])
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ConfigError):
         SamplingConfig(**kwargs)

@@ -59,6 +59,7 @@ LAYERSKIP = "layerskip:0-11,18-29"
 # A chat prompt where, in bfloat16 on the CI CPU, the batched verify pass with this layer skip parts
 # from plain greedy decoding at token 13, at a near-tie (reference gap 0.017).
 WATER = "Describe the water cycle step by step."
+POEM = "Write a short poem about the sea at night."  # bf16 plain parts from f32 plain here at token 8
 
 
 def test_bfloat16_greedy_parts_from_plain_only_at_near_ties(smollm2, smollm2_bf16):
@@ -66,7 +67,7 @@ def test_bfloat16_greedy_parts_from_plain_only_at_near_ties(smollm2, smollm2_bf1
     the default batched verify, every prompt where greedy speculative output differs from bf16 plain
     greedy output parts at a near-tie under the float32 reference, and there are no more such
     prompts than where bf16 plain decoding parts from float32 plain decoding."""
-    report = divergence.run(suites=("chat:4",), max_new_tokens=16, drafters=(LAYERSKIP,),
+    report = divergence.run(prompts=([POEM, WATER], True), max_new_tokens=16, drafters=(LAYERSKIP,),
                             models=(smollm2, smollm2_bf16), progress=False)
     print("\n" + divergence.summary(report))
     for d in report["drafters"][LAYERSKIP]["divergences"]:

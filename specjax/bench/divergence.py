@@ -143,9 +143,10 @@ def compare(ref, tokenizer, prompts_ids, base: list[list[int]], other: list[list
 
 def run(target: str = "smollm2-135m-instruct", dtype: str = "bfloat16", drafters=DEFAULT_DRAFTERS,
         suites=DEFAULT_SUITES, max_new_tokens: int = 128, gamma: int = 4, bound: float = DEFAULT_BOUND,
-        verify: str = "batched", progress: bool = True, models=None) -> dict:
+        verify: str = "batched", progress: bool = True, models=None, prompts=None) -> dict:
     """The whole comparison -> a report (see the module docstring). `models`: an already loaded
-    (float32, run dtype) pair of `target` to use instead of loading it."""
+    (float32, run dtype) pair of `target` to use instead of loading it. `prompts`: (texts, chat) to
+    use instead of `suites`."""
     from specjax.bench.prompts import load_suite
     from specjax.models import load
     from specjax.sampler import MIN_PROMPT_BUCKET, Sampler, bucket, encode_prompts, size_bucket
@@ -158,9 +159,9 @@ def run(target: str = "smollm2-135m-instruct", dtype: str = "bfloat16", drafters
         run_model = f32_model if dtype == "float32" else load(target, dtype=dtype, progress=False)
     tokenizer = run_model.tokenizer
     prompts_ids = []
-    for spec in suites:
-        name, _, count = spec.partition(":")
-        texts, chat = load_suite(name, int(count) if count else None)
+    for texts, chat in ([prompts] if prompts is not None else
+                        [load_suite(name, int(count) if count else None)
+                         for name, _, count in (spec.partition(":") for spec in suites)]):
         prompts_ids += encode_prompts(tokenizer, texts, chat=chat)
 
     def decode(model, drafter, label: str) -> list[list[int]]:
@@ -183,7 +184,7 @@ def run(target: str = "smollm2-135m-instruct", dtype: str = "bfloat16", drafters
     diffs = [ref.pass_difference(list(ids) + out, gamma, size_bucket(bucket(len(ids), MIN_PROMPT_BUCKET) + max_new_tokens + gamma + 2))
              for ids, out in zip(prompts_ids, plain) if len(out) > gamma]
     report = {"target": target, "dtype": dtype, "gamma": gamma, "verify": verify, "max_new_tokens": max_new_tokens,
-              "suites": list(suites), "prompts": len(prompts_ids), "bound": bound,
+              "suites": list(suites) if prompts is None else ["given"], "prompts": len(prompts_ids), "bound": bound,
               "pass_difference": {"max": max(diffs, default=None), "median": float(np.median(diffs)) if diffs else None},
               "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
               f"plain_{dtype}_vs_float32": compare(ref, tokenizer, prompts_ids, plain32, plain, bound),
