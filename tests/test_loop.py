@@ -54,7 +54,7 @@ def test_greedy_speculative_equals_autoregressive(target, drafts, ar_tokens, gam
         assert result.stats["target_forward_passes"] < 40
 
 
-@pytest.mark.parametrize("gamma", [1, 2, 4, 7])
+@pytest.mark.parametrize("gamma", [1, 4, 7])
 @pytest.mark.parametrize("drafter", ["layerskip:1", "layerskip:1:own", "layerskip:2", "ngram:3", "ngram:2:2"])
 def test_greedy_speculative_equals_autoregressive_for_every_drafter(target, ar_tokens, gamma, drafter):
     result = api.generate(target, PROMPTS, draft=drafter, gamma=gamma, max_new_tokens=40)
