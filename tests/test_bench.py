@@ -42,6 +42,7 @@ def _png(path) -> tuple[int, int, np.ndarray]:
     return width, height, pixels
 
 
+@pytest.mark.slow  # make test-all; kept out of make test for its 12-minute budget
 def test_harness_end_to_end(hf_dir, tmp_path):
     """One drafter (layer skip over all three blocks: a draft identical to the target), no peers."""
     from specjax.models import load

@@ -37,6 +37,7 @@ def test_logits_match_transformers(real_model_cache, name):
     assert worst <= 1e-3
 
 
+@pytest.mark.slow  # make test-all; test_logits_match_transformers keeps the reference check in make test
 @pytest.mark.parametrize("name", REAL_MODELS)
 def test_64_greedy_tokens_match_transformers(real_model_cache, name):
     ours, ref, tok = load_real(real_model_cache, name)
