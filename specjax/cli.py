@@ -72,7 +72,7 @@ def _cmd_generate(args) -> int:
     from specjax.models import load
     from specjax.sampler import Sampler
 
-    sampling, drafter = _check_generate_args(args)
+    sampling, drafter = getattr(args, "checked", None) or _check_generate_args(args)
     prompts = args.prompt or [_read_stdin()]
     start = time.perf_counter()
     target = load(args.target, dtype=args.dtype, progress=not args.json)
@@ -172,15 +172,13 @@ DEMO_PROMPT = (
 
 def _cmd_demo(args) -> int:
     """Plain and speculative decoding of one prompt, side by side, after one warm-up call each."""
+    from specjax import validate
+    from specjax.drafters import registry
     from specjax.models import load
     from specjax.sampler import Sampler
 
-    from specjax import validate
-
     validate.integer("--max-new-tokens", args.max_new_tokens, low=1)
     validate.integer("--gamma", args.gamma, low=1)
-    from specjax.drafters import registry
-
     registry.parse(args.drafter)
     target = load(args.target, progress=True)
     runs = {}
@@ -266,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "generate":
-            _check_generate_args(args)
+        if args.command == "generate":  # before multi-host setup and the compile cache; reused by the command
+            args.checked = _check_generate_args(args)
         if args.command == "generate":  # multi-host flags or the SPECJAX_/JAX_ environment variables
             from specjax.sharding import distributed_init
 
