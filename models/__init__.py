@@ -5,8 +5,10 @@ Checkpoint readers live in `sources`, the conversion in `convert`, saved convert
 
     from specjax.models import load
     model = load("smollm2-135m-instruct")        # or an HF dir, a .gguf file, a transformers model
+    head = load_eagle("path/to/eagle3-head")      # an EAGLE-3 draft head in the community layout
 """
 
+from .eagle3 import Eagle3Config, Eagle3Head, head_config_for, load_eagle, random_head, save_eagle
 from .convert import FAMILIES, LoadedModel, family_for, load, truncate
 from .hub import BUILTIN
 from .store import load_converted, save
@@ -14,6 +16,7 @@ from .tokenizer import Tokenizer
 from .transformer import RopeConfig, Transformer, TransformerConfig
 
 __all__ = [
-    "BUILTIN", "FAMILIES", "LoadedModel", "RopeConfig", "Tokenizer", "Transformer", "TransformerConfig",
-    "family_for", "load", "load_converted", "save", "truncate",
+    "BUILTIN", "Eagle3Config", "Eagle3Head", "FAMILIES", "LoadedModel", "RopeConfig", "Tokenizer", "Transformer", "TransformerConfig",
+    "family_for", "head_config_for", "load", "load_converted", "load_eagle", "random_head", "save", "save_eagle",
+    "truncate",
 ]

@@ -342,6 +342,11 @@ class Transformer(nnx.Module):
         nnx.replace_by_pure_dict(abstract, pure)
         return nnx.merge(graphdef, abstract)
 
+    def embed_tokens(self, tokens_bt):
+        """Raw token embeddings [B,T,D]: rows of the embedding table, without Gemma's scale or learned
+        positions (what an EAGLE-3 head shares with its target)."""
+        return jnp.take(self.embed.value, tokens_bt, axis=0)
+
     def hidden(self, tokens_bt, positions_bt, cache: KVCache, *, layers: int | tuple[int, ...] | None = None,
                taps: tuple[int, ...] = ()):
         """Run blocks and the final norm: -> (hidden [B,T,D], cache, taps [n_taps,B,T,D]).

@@ -15,13 +15,14 @@ def generate(target, prompts, *, draft=None, sampling: SamplingConfig | Sequence
              gamma: int = 4, max_new_tokens: int | Sequence[int] = 64, seed: int | Sequence[int] = 0,
              chat: bool = False,
              eos_ids: Sequence[int] | None = None, mesh=None, rules=None, draft_rules=None,
-             load_model=None, verify: str = "batched") -> GenerateResult:
+             load_model=None, load_head=None, verify: str = "batched") -> GenerateResult:
     """Generate continuations of `prompts` (strings, or lists of token ids) with `target`.
 
     draft: None for plain autoregressive decoding; a loaded draft model with the target's tokenizer;
     "layerskip:K" (the target's first K blocks; or "layerskip:0-9,20-29", ":own" for a private
-    cache); "ngram:NMAX[:NMIN]" (prompt lookup); "model:NAME" with `load_model`; or a (drafter,
-    params) pair (see `specjax.drafters.registry`).
+    cache); "ngram:NMAX[:NMIN]" (prompt lookup); "model:NAME" with `load_model`; a loaded EAGLE-3
+    head (`specjax.models.load_eagle(DIR)`, or "eagle:DIR" with `load_head`); or a (drafter, params)
+    pair (see `specjax.drafters.registry`).
     sampling: temperature / top-k / top-p (greedy by default), one SamplingConfig for all prompts or
     a list with one per prompt; max_new_tokens and seed likewise (seed=[s0, s1, ...] makes each row
     reproducible alone, see `Sampler`). gamma: proposals per round (G).
@@ -32,5 +33,5 @@ def generate(target, prompts, *, draft=None, sampling: SamplingConfig | Sequence
     timings (compile time apart from run time).
     """
     sampler = Sampler(target, draft, gamma=gamma, eos_ids=eos_ids, mesh=mesh, rules=rules, draft_rules=draft_rules,
-                      load_model=load_model, verify=verify)
+                      load_model=load_model, load_head=load_head, verify=verify)
     return sampler(prompts, sampling=sampling, max_new_tokens=max_new_tokens, seed=seed, chat=chat)

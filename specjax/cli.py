@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from specjax.errors import SpecJaxError
 
@@ -50,7 +51,12 @@ def _check_generate_args(args):
         raise ConfigError(f"--draft {args.draft!r} and --drafter {args.drafter!r} both name a drafter; give one")
     drafter = args.drafter or (f"model:{args.draft}" if args.draft else None)
     if drafter is not None:
-        registry.parse(drafter)  # a bad drafter string fails before any model is loaded
+        spec = registry.parse(drafter)  # a bad drafter string fails before any model is loaded
+        if spec.kind == "eagle" and not (Path(spec.name) / "config.json").is_file():
+            from specjax.errors import ModelNotFoundError
+
+            raise ModelNotFoundError(f"--drafter {drafter!r}: {spec.name!r} is not an EAGLE-3 head directory "
+                                     "(no config.json there)")
     if args.verify == "stepwise" and drafter is None:
         raise ConfigError("--verify stepwise needs a drafter (--drafter); plain decoding has no verify pass")
     if args.mesh:
@@ -69,7 +75,7 @@ def _check_generate_args(args):
 
 
 def _cmd_generate(args) -> int:
-    from specjax.models import load
+    from specjax.models import load, load_eagle
     from specjax.sampler import Sampler
 
     sampling, drafter = getattr(args, "checked", None) or _check_generate_args(args)
@@ -89,7 +95,8 @@ def _cmd_generate(args) -> int:
                               "(all processes' devices; on CPU --local-devices N exposes N)")
         mesh = make_mesh(data, model)
     sampler = Sampler(target, drafter, gamma=args.gamma, mesh=mesh, verify=args.verify,
-                      load_model=lambda name: load(name, dtype=args.dtype, progress=not args.json))
+                      load_model=lambda name: load(name, dtype=args.dtype, progress=not args.json),
+                      load_head=lambda path: load_eagle(path, dtype=target.module.dtype))
     load_s = time.perf_counter() - start
     result = sampler(prompts, sampling=sampling, max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat)
     result.timing["load_s"] = load_s
@@ -213,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="built-in model name (smollm2-135m-instruct, gemma3-270m), HF dir, .gguf file or converted dir")
     g.add_argument("--drafter", help="model:NAME (a draft model with the target's tokenizer: built-in name, HF dir, "
                    ".gguf or converted dir) | layerskip:K (the target's first K layers; or layerskip:0-9,20-29; "
-                   "append :own for a private KV cache) | ngram:NMAX[:NMIN] (prompt lookup). "
+                   "append :own for a private KV cache) | ngram:NMAX[:NMIN] (prompt lookup) | eagle:DIR (an EAGLE-3 head "
+                   "directory in the community layout: config.json + safetensors). "
                    "Omit for plain autoregressive decoding")
     g.add_argument("--draft", help="shorthand for --drafter model:DRAFT")
     g.add_argument("--gamma", type=int, default=4, help="proposals per speculation round (G), default 4")

@@ -11,6 +11,8 @@ What the engine relies on: a Flax NNX module (`specjax.models.Transformer` is on
     config.vocab_size (V, embedding rows; may exceed the tokenizer's vocabulary)
     config.num_layers (L)
     config.dim (D)
+    embed_tokens(tokens[B,T]) -> [B,T,D], the raw token embedding (only drafters that share the
+        target's embedding, such as EAGLE-3 heads, call it)
 
 and these behaviours:
   - positions[b, t] < 0 marks padding: nothing is written to the cache for it and its outputs are

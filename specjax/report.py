@@ -65,14 +65,15 @@ def request_bytes(lm: LM, params, drafter, draft_params, *, batch: int, prompt: 
     return {**m, "prefill_scores_bytes": scores, "total_bytes": total}
 
 
-def memory_report(target, draft=None, *, batch: int = 1, length: int = 2048, load_model=None) -> dict:
+def memory_report(target, draft=None, *, batch: int = 1, length: int = 2048, load_model=None,
+                  load_head=None) -> dict:
     """`memory` for a loaded target and a drafter given as `generate` takes it (string, model or pair)."""
     from specjax.drafters import registry
 
     lm, params = LM.split(target.module)
     if draft is None:
         return memory(lm, params, batch=batch, length=length)
-    resolved = registry.resolve(draft, target, load_model=load_model)
+    resolved = registry.resolve(draft, target, load_model=load_model, load_head=load_head)
     return memory(lm, params, resolved.drafter, resolved.params, batch=batch, length=length)
 
 

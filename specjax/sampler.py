@@ -246,15 +246,16 @@ class Sampler:
 
     target: a loaded model (`.module`, `.tokenizer`, e.g. `specjax.models.load(...)`).
     draft: None (autoregressive), a drafter string (see `specjax.drafters.registry`), a loaded draft
-    model with the target's tokenizer, or a (drafter, params) pair. load_model: resolves the NAME of
-    `model:NAME` (the CLI passes `specjax.models.load`). mesh: a `specjax.sharding.make_mesh(data,
+    model with the target's tokenizer, a loaded EAGLE-3 head (`specjax.models.load_eagle(DIR)`), or a
+    (drafter, params) pair. load_model: resolves the NAME of `model:NAME` (the CLI passes
+    `specjax.models.load`); load_head: reads the DIR of `eagle:DIR` (`specjax.models.load_eagle`). mesh: a `specjax.sharding.make_mesh(data,
     model)` mesh (default: one device); rules / draft_rules: logical-axis tables. verify: "batched"
     (one (G+1)-token target pass per round) or "stepwise" (G+1 one-token passes: greedy output equals
     plain greedy output bit for bit in any dtype, at about G+1 target steps per round).
     """
 
     def __init__(self, target, draft=None, *, gamma: int = 4, eos_ids: Sequence[int] | None = None, mesh=None,
-                 rules=None, draft_rules=None, load_model=None, verify: str = "batched"):
+                 rules=None, draft_rules=None, load_model=None, load_head=None, verify: str = "batched"):
         if not hasattr(target, "module"):
             hint = (f"; load it with specjax.models.load({target!r})" if isinstance(target, (str, os.PathLike))
                     else " such as specjax.models.load(...) returns")
@@ -281,7 +282,8 @@ class Sampler:
         self.drafter = self.draft_params = None
         self.gamma = 0
         if draft is not None:
-            resolved = registry.resolve(draft, _Model(module, self.tokenizer), load_model=load_model)
+            resolved = registry.resolve(draft, _Model(module, self.tokenizer), load_model=load_model,
+                                        load_head=load_head)
             self.drafter, self.draft_params, self.gamma = resolved.drafter, resolved.params, gamma
             if resolved.vocab_limit is not None:
                 limit, rows = min(limit, resolved.vocab_limit), max(rows, resolved.rows or rows)

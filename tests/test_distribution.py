@@ -39,6 +39,41 @@ def models():
     return tiny_lm(0, vocab=V, scale=0.6), tiny_lm(5, vocab=V, scale=0.6)
 
 
+@pytest.fixture(scope="module")
+def head(models):
+    return fitted_head(models[0])
+
+
+def fitted_head(target):
+    """An EAGLE-3 head over a reduced draft vocabulary (6 of the 8 ids: target tokens 0 and 5 can only
+    come from the residual) reading the target's layers 0, 1 and 2: a random layer whose LM head is
+    fitted by least squares to the target's next-next-token logits, so that many proposals are
+    accepted and a q that is not the proposals' distribution shows in the samples."""
+    from flax import nnx
+
+    from specjax.models import head_config_for, random_head
+
+    ids = np.array([1, 2, 3, 4, 6, 7])
+    head = random_head(head_config_for(target.module.config, draft_vocab_size=6, taps=(0, 1, 2)), seed=1,
+                       target_ids=ids, scale=3.0)
+    lm, params = LM.split(target.module)
+    B, T = 256, 12
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, V, (B, T)), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(T), (B, T))
+    logits, _, taps = lm.forward(params, tokens, positions, lm.init_cache(params, B, T), taps=(0, 1, 2))
+    # entry t: the features at t with token t + 1 predict token t + 2, whose logits sit at t + 1
+    out, _ = head.step(target.module.embed_tokens(tokens[:, 1:]), head.fuse(taps[:, :, :-1]), positions[:, :-1],
+                       head.init_cache(B, T))
+    x = np.asarray(head.final_norm(out)).reshape(-1, head.config.dim)
+    y = np.asarray(logits[:, 1:][..., ids]).reshape(-1, len(ids))
+    head.lm_head = nnx.Param(jnp.asarray(np.linalg.lstsq(x, y, rcond=None)[0]), axes=("embed", "vocab"))
+    return head
+
+
+def pick(drafter, models, head):
+    return {"model": models[1], "eagle": head}.get(drafter, drafter)
+
+
 def exact_distribution(target, cfg: SamplingConfig) -> np.ndarray:
     """P(x1, x2, x3 | prompt) for all V^K continuations, under the warped target."""
     seqs = np.array(list(itertools.product(range(V), repeat=K)))
@@ -54,7 +89,7 @@ def exact_distribution(target, cfg: SamplingConfig) -> np.ndarray:
     return dist
 
 
-DRAFTERS = ["model", "layerskip:1", "layerskip:1:own", "ngram:2"]
+DRAFTERS = ["model", "layerskip:1", "layerskip:1:own", "ngram:2", "eagle"]
 
 
 def accept_always(keys_b, proposal, target_logits_bg1v, cfg, vocab_size=None):
@@ -106,11 +141,11 @@ def chi_square_p_value(observed: np.ndarray, dist: np.ndarray) -> float:
 
 @pytest.mark.parametrize("drafter", DRAFTERS)
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_speculative_samples_follow_target_distribution(models, name, drafter):
-    target, draft = models
+def test_speculative_samples_follow_target_distribution(models, head, name, drafter):
+    target = models[0]
     cfg = CONFIGS[name]
     dist = exact_distribution(target, cfg)
-    counts = sample_continuations(target, draft if drafter == "model" else drafter, cfg)
+    counts = sample_continuations(target, pick(drafter, models, head), cfg)
     p_value = chi_square_p_value(counts, dist)
     tv = 0.5 * np.abs(counts / N - dist).sum()
     print(f"\n{drafter} {name}: chi-square p = {p_value:.3g}, total variation = {tv:.4f}")
@@ -125,6 +160,13 @@ def test_wrong_acceptance_rule_is_detected(models, name):
     counts = sample_continuations(target, draft, cfg, rule=accept_always)
     p_value = chi_square_p_value(counts, dist)
     assert p_value < 1e-6, f"{name}: the always-accept rule was not detected (p = {p_value:.2e})"
+
+
+def test_wrong_acceptance_rule_is_detected_with_an_eagle_head(models, head):
+    cfg = CONFIGS["temperature-1"]
+    counts = sample_continuations(models[0], head, cfg, rule=accept_always)
+    p_value = chi_square_p_value(counts, exact_distribution(models[0], cfg))
+    assert p_value < 1e-6, f"eagle: the always-accept rule was not detected (p = {p_value:.2e})"
 
 
 def test_draft_disagrees_with_target(models):

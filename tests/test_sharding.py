@@ -49,6 +49,15 @@ def gqa_model(seed=0, kv_heads=2, layers=2) -> Tiny:
     return Tiny(nnx.merge(graphdef, jax.tree.map(lambda x: x * 25 if x.ndim >= 2 else x, state)))
 
 
+def eagle_head(target):
+    """A random EAGLE-3 head over 40 of the 64 ids, reading layers 0, 1 and 2 (replicated by the
+    default draft rules; its cache lives in the drafter's state)."""
+    from specjax.models import head_config_for, random_head
+
+    cfg = head_config_for(target.module.config, draft_vocab_size=40, taps=(0, 1, 2))
+    return random_head(cfg, seed=4, target_ids=np.arange(0, 64, 64 / 40).astype(int), scale=10.0)
+
+
 @pytest.fixture(scope="module")
 def target():
     return gqa_model()
@@ -58,6 +67,7 @@ def target():
 def single_device(target):
     draft = gqa_model(seed=3, layers=1)
     out = {}
+    out["eagle"] = api.generate(target, PROMPTS, draft=eagle_head(target), gamma=3, max_new_tokens=12).tokens
     for name, d in (("none", None), ("layerskip", "layerskip:1"), ("model", draft)):
         out[name] = api.generate(target, PROMPTS, draft=d, gamma=3, max_new_tokens=12).tokens
         out[name + "-sampled"] = api.generate(target, PROMPTS, draft=d, gamma=3, max_new_tokens=12, seed=5,
@@ -66,13 +76,15 @@ def single_device(target):
 
 
 @pytest.mark.parametrize("mesh_shape", MESHES, ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("drafter", ["none", "layerskip", "model"])
+@pytest.mark.parametrize("drafter", ["none", "layerskip", "model", "eagle"])
 def test_meshes_give_single_device_tokens(target, single_device, mesh_shape, drafter):
     draft_model, ref = single_device
-    draft = {"none": None, "layerskip": "layerskip:1", "model": draft_model}[drafter]
+    draft = {"none": None, "layerskip": "layerskip:1", "model": draft_model, "eagle": eagle_head(target)}[drafter]
     mesh = make_mesh(*mesh_shape)
     greedy = api.generate(target, PROMPTS, draft=draft, gamma=3, max_new_tokens=12, mesh=mesh)
     assert greedy.tokens == ref[drafter]
+    if drafter == "eagle":  # greedy only, for the test budget (the head samples in test_distribution)
+        return
     sampled = api.generate(target, PROMPTS, draft=draft, gamma=3, max_new_tokens=12, seed=5, mesh=mesh,
                            sampling=SamplingConfig(temperature=1.0))
     # Same seed, same tokens: keys are split identically and threefry random bits do not depend on

@@ -8,7 +8,7 @@ import pytest
 
 from specjax import api
 from specjax.bench import divergence
-from specjax.models import load, truncate
+from specjax.models import head_config_for, load, random_head, save_eagle, truncate
 
 pytestmark = pytest.mark.real
 
@@ -34,20 +34,74 @@ def smollm2():
     return load("smollm2-135m-instruct", progress=False)
 
 
-def test_smollm2_speculative_equals_autoregressive(smollm2):
+@pytest.fixture(scope="module")
+def smollm2_ar(smollm2):
+    return api.generate(smollm2, PROMPTS, max_new_tokens=128, eos_ids=())
+
+
+def assert_equal_or_near_tie(module, prompts, ar_tokens, sp_tokens, n):
+    """Greedy speculative tokens equal plain greedy tokens, except after a proven near-tie (float32
+    rounds a (G+1)-token pass and a one-token pass differently)."""
+    for prompt, a, s in zip(prompts, ar_tokens, sp_tokens):
+        a, s = a[:n], s[:n]
+        assert len(a) == len(s) == n
+        if a != s:
+            k = next(i for i in range(n) if a[i] != s[i])
+            gap = _is_near_tie(module, prompt, a[:k])
+            assert gap < NEAR_TIE, f"divergence at token {k} is not a near-tie (top-2 logit gap {gap:.2e})"
+            print(f"accepted divergence at token {k}: proven near-tie, top-2 gap {gap:.2e}")
+
+
+def test_smollm2_speculative_equals_autoregressive(smollm2, smollm2_ar):
     draft = truncate(smollm2, 24)
-    ar = api.generate(smollm2, PROMPTS, max_new_tokens=128, eos_ids=())
+    ar = smollm2_ar
     sp = api.generate(smollm2, PROMPTS, draft=draft, gamma=4, max_new_tokens=128, eos_ids=())
     print(f"\nacceptance rate {sp.stats['acceptance_rate']:.3f}, "
           f"tokens per round {sp.stats['mean_tokens_per_round']:.2f}")
-    for prompt, a, s in zip(sp.prompt_tokens, ar.tokens, sp.tokens):
-        assert len(a) == len(s) == 128
-        if a != s:
-            k = next(i for i in range(128) if a[i] != s[i])
-            gap = _is_near_tie(smollm2.module, prompt, a[:k])
-            assert gap < NEAR_TIE, f"divergence at token {k} is not a near-tie (top-2 logit gap {gap:.2e})"
-            print(f"accepted divergence at token {k}: proven near-tie, top-2 gap {gap:.2e}")
+    assert_equal_or_near_tie(smollm2.module, sp.prompt_tokens, ar.tokens, sp.tokens, 128)
     assert 0.0 < sp.stats["acceptance_rate"] < 1.0
+
+
+def smollm2_head(smollm2, ar_tokens, draft_vocab=16):
+    """A random EAGLE-3 head for SmolLM2 (taps 2, 15, 27) whose draft vocabulary is the tokens plain
+    decoding emits most often, so that some random proposals are accepted."""
+    from collections import Counter
+
+    counts = Counter(t for row in ar_tokens for t in row)
+    ids = sorted(t for t, _ in counts.most_common(draft_vocab))
+    cfg = head_config_for(smollm2.module.config, draft_vocab_size=len(ids))
+    return random_head(cfg, seed=0, target_ids=ids, scale=5.0)
+
+
+def test_smollm2_greedy_with_a_random_eagle_head_equals_autoregressive(smollm2, smollm2_ar):
+    head = smollm2_head(smollm2, [t[:64] for t in smollm2_ar.tokens])
+    sp = api.generate(smollm2, PROMPTS, draft=head, gamma=4, max_new_tokens=64, eos_ids=())
+    print(f"\neagle (random head): acceptance rate {sp.stats['acceptance_rate']:.3f}")
+    assert_equal_or_near_tie(smollm2.module, sp.prompt_tokens, smollm2_ar.tokens, sp.tokens, 64)
+    assert sp.stats["acceptance_rate"] > 0.0
+
+
+def test_a_community_layout_head_for_smollm2_runs_from_the_cli(smollm2, smollm2_ar, tmp_path, capsys):
+    import dataclasses
+    import json
+
+    from specjax.cli import main
+
+    head = smollm2_head(smollm2, smollm2_ar.tokens, draft_vocab=64)
+    save_eagle(head, tmp_path / "head")
+    assert (tmp_path / "head" / "model.safetensors").exists()
+    args = ["generate", "--target", "smollm2-135m-instruct", "--prompt", PROMPTS[0], "--max-new-tokens", "12",
+            "--json", "--gamma", "3"]
+    assert main(args + ["--drafter", f"eagle:{tmp_path / 'head'}"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tokens"][0] == smollm2_ar.tokens[0][:12]
+    assert sum(out["stats"]["drafted"]) > 0
+    wide = random_head(dataclasses.replace(head.config, dim=64, target_dim=64, num_heads=4, num_kv_heads=4,
+                                           head_dim=16, mlp_dim=128))
+    save_eagle(wide, tmp_path / "wide")
+    assert main(args + ["--drafter", f"eagle:{tmp_path / 'wide'}"]) == 2
+    err = capsys.readouterr().err
+    assert "IncompatibleDraftError" in err or "hidden size is 576" in err, err
 
 
 @pytest.fixture(scope="module")

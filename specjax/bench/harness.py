@@ -147,7 +147,10 @@ class Samplers:
     def __call__(self, drafter: str | None = None, gamma: int = 0) -> Sampler:
         key = (drafter, gamma if drafter is not None else 0)
         if key not in self.built:
-            self.built[key] = Sampler(self.target, drafter, gamma=max(gamma, 1), eos_ids=(), load_model=self.drafts)
+            from specjax.models import load_eagle
+
+            self.built[key] = Sampler(self.target, drafter, gamma=max(gamma, 1), eos_ids=(), load_model=self.drafts,
+                                      load_head=lambda path: load_eagle(path, dtype=self.target.module.dtype))
         return self.built[key]
 
 

@@ -6,10 +6,12 @@
                                    a subset of the target's own blocks (first K, or ranges); `:own`
                                    gives it a private KV cache instead of the target's
     ngram:NMAX[:NMIN]              prompt lookup with n-grams from NMAX down to NMIN (default 1)
+    eagle:DIR                      an EAGLE-3 head in the community checkpoint layout (DIR read by a
+                                   loader the caller provides, as for model:NAME)
 
 `parse` turns a string into a `DrafterSpec` (syntax only, no model needed); `resolve` turns a spec,
-a string, a loaded draft model or a ready (drafter, params) pair into a `Resolved` drafter for a
-given target.
+a string, a loaded draft model, a loaded EAGLE-3 head or a ready (drafter, params) pair into a
+`Resolved` drafter for a given target.
 """
 
 from __future__ import annotations
@@ -17,22 +19,23 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from specjax.drafters.eagle import eagle_drafter
 from specjax.drafters.layerskip import layer_skip, parse_layers
 from specjax.drafters.model import ModelDrafter
 from specjax.drafters.ngram import NGramDrafter
 from specjax.errors import ConfigError, IncompatibleDraftError
 from specjax.lm import LM
 
-SYNTAX = "model:NAME, layerskip:K[:own], layerskip:A-B,C-D[:own], or ngram:NMAX[:NMIN]"
+SYNTAX = "model:NAME, layerskip:K[:own], layerskip:A-B,C-D[:own], ngram:NMAX[:NMIN], or eagle:DIR"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DrafterSpec:
     """A parsed drafter string."""
 
-    kind: str  # "model" | "layerskip" | "ngram"
+    kind: str  # "model" | "layerskip" | "ngram" | "eagle"
     text: str  # the string it came from
-    name: str | None = None  # model: what the loader resolves
+    name: str | None = None  # model: what the loader resolves; eagle: the head's directory
     layers: str | None = None  # layerskip: "K" or ranges, checked against the target when resolved
     cache: str = "shared"  # layerskip: "shared" | "own"
     nmax: int = 0  # ngram
@@ -54,8 +57,8 @@ def parse(text: str) -> DrafterSpec:
     if not isinstance(text, str):
         raise ConfigError(f"a drafter string must be a str, got {type(text).__name__}")
     kind, _, rest = text.partition(":")
-    if kind == "model" and rest:
-        return DrafterSpec(kind="model", text=text, name=rest)
+    if kind in ("model", "eagle") and rest:
+        return DrafterSpec(kind=kind, text=text, name=rest)
     if kind == "layerskip" and rest:
         layers, _, cache = rest.partition(":")
         if cache not in ("", "shared", "own"):
@@ -77,13 +80,18 @@ def parse(text: str) -> DrafterSpec:
     raise ConfigError(f"unknown drafter {text!r}; use {SYNTAX}")
 
 
-def resolve(draft, target, *, load_model: Callable[[str], Any] | None = None) -> Resolved:
+def resolve(draft, target, *, load_model: Callable[[str], Any] | None = None,
+            load_head: Callable[[str], Any] | None = None) -> Resolved:
     """`draft` for `target` (a loaded model: `.module`, `.tokenizer`) -> Resolved.
 
-    draft: a drafter string or `DrafterSpec`; a loaded draft model with the target's tokenizer; or
-    an already built (drafter, params) pair. `load_model(name)` loads the model of `model:NAME`."""
+    draft: a drafter string or `DrafterSpec`; a loaded draft model with the target's tokenizer; a
+    loaded EAGLE-3 head (e.g. `specjax.models.load_eagle(DIR)`); or an already built (drafter,
+    params) pair. `load_model(name)` loads the model of `model:NAME`, `load_head(dir)` the head of
+    `eagle:DIR`."""
     if isinstance(draft, tuple) and len(draft) == 2:
         return Resolved(draft[0], draft[1])
+    if is_eagle_head(draft):
+        return Resolved(*eagle_drafter(draft, target.module))
     if hasattr(draft, "module"):
         limit = check_vocabularies(target, draft)
         lm, params = LM.split(draft.module)
@@ -99,10 +107,25 @@ def resolve(draft, target, *, load_model: Callable[[str], Any] | None = None) ->
             raise ConfigError(f"drafter {spec.text!r}: 'model:NAME' needs a model loader (the CLI and the bench "
                               "provide one); from Python, pass the loaded draft model itself")
         return resolve(load_model(spec.name), target)
+    if spec.kind == "eagle":
+        if load_head is None:
+            raise ConfigError(f"drafter {spec.text!r}: 'eagle:DIR' needs a head loader (the CLI and the bench "
+                              "provide one); from Python, pass `specjax.models.load_eagle(DIR)` itself")
+        head = load_head(spec.name)
+        if not is_eagle_head(head):
+            raise ConfigError(f"drafter {spec.text!r}: the head loader returned a {type(head).__name__}, not an "
+                              "EAGLE-3 head")
+        return Resolved(*eagle_drafter(head, target.module))
     if spec.kind == "layerskip":
         lm = LM.split(target.module)[0]
         return Resolved(layer_skip(lm, parse_layers(spec.layers, lm.config.num_layers), spec.cache), None)
     return Resolved(NGramDrafter(nmax=spec.nmax, nmin=spec.nmin), None)
+
+
+def is_eagle_head(x) -> bool:
+    """A loaded EAGLE-3 head module (its config has a draft vocabulary and tapped layers)."""
+    cfg = getattr(x, "config", None)
+    return hasattr(cfg, "draft_vocab_size") and hasattr(cfg, "taps") and hasattr(x, "fuse")
 
 
 def check_vocabularies(target, draft) -> int | None:
