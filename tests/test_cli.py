@@ -39,6 +39,10 @@ def test_cli_errors_are_clean(capsys):
     assert "'ngram:x'" in err and "no-such-model" not in err
     assert main(["generate", "--target", "t", "--draft", "d", "--drafter", "ngram:2", "--prompt", "x"]) == 2
     assert "both name a drafter" in capsys.readouterr().err
+    # an EAGLE-3 head directory that is not one is named before any model is loaded
+    assert main(["generate", "--target", "no-such-model", "--drafter", "eagle:/no/such/head", "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "'/no/such/head' is not an EAGLE-3 head directory" in err and "no-such-model" not in err
 
 
 def test_generate_with_draft_model_reports_statistics(hf_dir, capsys):
