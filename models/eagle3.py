@@ -151,11 +151,10 @@ class Eagle3Head(nnx.Module):
         x_bte = jnp.concatenate(list(taps_nbte.astype(self.dtype)), axis=-1)
         return _project("bte,ed->btd", x_bte, self.fc.value)
 
-    def step(self, embeds_btd, hidden_btd, positions_bt, cache: KVCache):
-        """The decoder layer over T entries: entry t pairs `hidden` (fused target features, or the
-        head's own previous output) with the embedding of the next token, at `positions` (< 0: padding,
-        nothing written). -> (out [B,T,D] before the final norm, cache)."""
-        cfg, lcfg = self.config, self.config.layer
+    def attention_inputs(self, embeds_btd, hidden_btd, positions_bt):
+        """The layer up to its attention: -> (q [B,T,N,H], k [B,T,K,H], v [B,T,K,H] with RoPE at
+        `positions`, the residual [B,T,D])."""
+        cfg = self.config
         hidden_btd = hidden_btd.astype(self.dtype)
         e_btd = self.embed_norm(embeds_btd.astype(self.dtype))
         h_btd = self.hidden_norm(hidden_btd)
@@ -165,15 +164,25 @@ class Eagle3Head(nnx.Module):
         k_btkh = _project("btc,ckh->btkh", x_btc, self.k.value)
         v_btkh = _project("btc,ckh->btkh", x_btc, self.v.value)
         cos_bth, sin_bth = _rope_tables(cfg.rope, cfg.head_dim, positions_bt)
-        q_btnh, k_btkh = _rotate(q_btnh, cos_bth, sin_bth), _rotate(k_btkh, cos_bth, sin_bth)
-        cache = cache.write(0, k_btkh, v_btkh, positions_bt)
-        mask_bts, _ = _masks(positions_bt, cache.size, None)
-        attn_btnh = _attention(q_btnh, cache.keys(0), cache.values(0), mask_bts, lcfg)
-        a_btd = residual_btd + _project("btnh,nhd->btd", attn_btnh, self.o.value)
+        return _rotate(q_btnh, cos_bth, sin_bth), _rotate(k_btkh, cos_bth, sin_bth), v_btkh, residual_btd
+
+    def after_attention(self, residual_btd, attn_btnh):
+        """The rest of the layer: output projection, residual, MLP and its residual -> out [B,T,D]."""
+        a_btd = residual_btd + _project("btnh,nhd->btd", attn_btnh.astype(self.dtype), self.o.value)
         m_btd = self.mlp_norm(a_btd)
         act_btf = jax.nn.silu(_project("btd,df->btf", m_btd, self.gate.value)) * _project(
             "btd,df->btf", m_btd, self.up.value)
-        return a_btd + _project("btf,fd->btd", act_btf, self.down.value), cache
+        return a_btd + _project("btf,fd->btd", act_btf, self.down.value)
+
+    def step(self, embeds_btd, hidden_btd, positions_bt, cache: KVCache):
+        """The decoder layer over T entries: entry t pairs `hidden` (fused target features, or the
+        head's own previous output) with the embedding of the next token, at `positions` (< 0: padding,
+        nothing written). -> (out [B,T,D] before the final norm, cache)."""
+        q_btnh, k_btkh, v_btkh, residual_btd = self.attention_inputs(embeds_btd, hidden_btd, positions_bt)
+        cache = cache.write(0, k_btkh, v_btkh, positions_bt)
+        mask_bts, _ = _masks(positions_bt, cache.size, None)
+        attn_btnh = _attention(q_btnh, cache.keys(0), cache.values(0), mask_bts, self.config.layer)
+        return self.after_attention(residual_btd, attn_btnh), cache
 
     def logits(self, out_btd):
         """Draft-vocabulary logits [B,T,Vd], float32, from the layer's output."""
@@ -344,15 +353,19 @@ def load_eagle(path, *, dtype=jnp.float32) -> Eagle3Head:
     return head
 
 
-def save_eagle(head: Eagle3Head, path) -> Path:
-    """Write `head` as a community-layout directory: config.json and model.safetensors (float32
-    weights, d2t int64, t2d bool)."""
+def save_eagle(head: Eagle3Head, path, *, dtype="float32") -> Path:
+    """Write `head` as a community-layout directory: config.json and model.safetensors (weights in
+    `dtype`: float32, float16 or bfloat16; d2t int64, t2d bool)."""
+    import ml_dtypes
     from safetensors.numpy import save_file
 
+    store = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}.get(str(jnp.dtype(dtype)))
+    if store is None:
+        raise ConversionError(f"save_eagle: dtype {dtype!r} must be float32, float16 or bfloat16")
     cfg = head.config
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {key: np.ascontiguousarray(from_ours(np.asarray(_get(head, name).value, np.float32)))
+    tensors = {key: np.ascontiguousarray(from_ours(np.asarray(_get(head, name).value, np.float32)).astype(store))
                for key, (_, name, _, from_ours) in _weight_layout(cfg).items()}
     target_ids = np.asarray(head.target_ids.value, np.int64)
     tensors["d2t"] = target_ids - np.arange(cfg.draft_vocab_size)

@@ -7,6 +7,7 @@ The CLI is where the engine and the model zoo meet: it resolves model names and 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -167,6 +168,20 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_distill(args) -> int:
+    from specjax.distill.train import Recipe, run
+
+    recipe = Recipe.from_yaml(args.config)
+    out_dir = args.out or f"distill/{recipe.name}"
+    _check_writable_dir("--out", out_dir)
+    summary = run(recipe, out_dir)
+    summary.pop("head_module", None)
+    print(json.dumps(summary, indent=2))
+    if "head" in summary:
+        print(f"trained head: --drafter eagle:{summary['head']}")
+    return 0
+
+
 DEMO_PROMPT = (
     "Fix the spelling mistakes in this text and change nothing else. Reply with the corrected text only.\n\n"
     "The printing press was invented by Johannes Gutenberg around 1440. Before its invention, books were "
@@ -266,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("config", help="YAML config, e.g. configs/bench/smollm2.yaml")
     b.add_argument("--out", default=None, help="output directory (default: benchmarks/<config name>)")
     b.set_defaults(func=_cmd_bench)
+
+    t = sub.add_parser("distill", help="train a draft on the target's own outputs from a YAML recipe "
+                       "(see configs/distill/)")
+    t.add_argument("config", help="YAML recipe, e.g. configs/distill/smollm2_eagle3.yaml")
+    t.add_argument("--out", default=None, help="output directory (default: distill/<recipe name>); a run found "
+                   "there resumes")
+    t.set_defaults(func=_cmd_distill)
     return parser
 
 

@@ -1,0 +1,221 @@
+"""Distillation data: prompts, the target's own responses, and per-token targets stored memory-mapped.
+
+Axes: N tokens in the whole data set, n tapped layers, E the target's width, k the stored top-k.
+
+Prompt sources (`load_prompts`): a YAML file (`prompts:` list, optional `chat:`), a JSONL file (one
+object per line with a `prompt` or `text` field, or a bare string), a plain-text file (one prompt
+per line), or a shipped suite given as `{suite: NAME, skip: S, count: C}` (see
+`specjax.bench.prompts`). Responses come from the target itself through specjax's batched decoding
+(`generate_responses`: temperature, seeds and samples per prompt configurable).
+
+`extract` runs the target once over every (prompt + response) sequence and writes, under a
+directory, `.npy` files opened memory-mapped, so data sets larger than RAM work:
+
+  tokens.npy        [N] int32
+  features.npy      [N, n*E] float16   the tapped hidden states, concatenated low layer first
+  topk_ids.npy      [N, k] int32       the target's k most likely next tokens at each position, best first
+  topk_logits.npy   [N, k] float16     their logits
+  index.json        sequence offsets, prompt lengths, the taps, k, the target's name and vocabulary
+
+`Dataset` opens such a directory and cuts fixed-shape training batches from it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from specjax.errors import ConfigError
+
+
+def load_prompts(sources: Sequence[Any]) -> list[tuple[str, bool]]:
+    """Every prompt of `sources`, in order -> [(text, apply the chat template)]."""
+    out: list[tuple[str, bool]] = []
+    for src in sources:
+        if isinstance(src, dict):
+            from specjax.bench.prompts import load_suite
+
+            if "suite" not in src:
+                raise ConfigError(f"prompt source {src!r}: a mapping needs 'suite' (and optional skip, count)")
+            texts, chat = load_suite(src["suite"])
+            skip, count = int(src.get("skip", 0)), src.get("count")
+            texts = texts[skip:] if count is None else texts[skip:skip + int(count)]
+            out += [(t, chat) for t in texts]
+            continue
+        path = Path(src)
+        if not path.is_file():
+            raise ConfigError(f"prompt file {str(path)!r} does not exist")
+        if path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(path.read_text()) or {}
+            texts, chat = data.get("prompts"), bool(data.get("chat", True))
+            if not texts or not all(isinstance(t, str) for t in texts):
+                raise ConfigError(f"{path}: 'prompts' must be a non-empty list of strings")
+            out += [(t, chat) for t in texts]
+        elif path.suffix == ".jsonl":
+            for i, line in enumerate(path.read_text().splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ConfigError(f"{path}, line {i + 1}: invalid JSON ({err})") from err
+                text = item if isinstance(item, str) else (item.get("prompt") or item.get("text"))
+                if not isinstance(text, str):
+                    raise ConfigError(f"{path}, line {i + 1}: expected a string or an object with 'prompt' or 'text'")
+                out.append((text, True))
+        else:
+            out += [(line, True) for line in path.read_text().splitlines() if line.strip()]
+    if not out:
+        raise ConfigError("no prompts in the given sources")
+    return out
+
+
+def generate_responses(target, prompts: list[tuple[str, bool]], *, samples: int = 1, temperature: float = 0.0,
+                       seed: int = 0, max_new_tokens: int = 256, batch: int = 16, progress: bool = True
+                       ) -> list[tuple[list[int], list[int]]]:
+    """The target's responses with specjax's batched decoding -> [(prompt ids, response ids)], one per
+    prompt and sample. Sample s of prompt i draws with seed (seed, s, i); EOS ends a response."""
+    from specjax.config import SamplingConfig
+    from specjax.sampler import Sampler
+
+    sampler = Sampler(target, None)
+    sampling = SamplingConfig(temperature=temperature) if temperature > 0 else SamplingConfig()
+    jobs = [(i, s) for s in range(samples) for i in range(len(prompts))]
+    out: list[tuple[list[int], list[int]]] = []
+    bar = _progress(len(jobs), "generating", progress)
+    for start in range(0, len(jobs), batch):
+        chunk = jobs[start:start + batch]
+        for chat in (True, False):
+            part = [(i, s) for i, s in chunk if prompts[i][1] == chat]
+            if not part:
+                continue
+            seeds = [int(np.random.SeedSequence([seed, s, i]).generate_state(1)[0]) for i, s in part]
+            result = sampler([prompts[i][0] for i, _ in part], sampling=sampling, max_new_tokens=max_new_tokens,
+                             seed=seeds, chat=chat)
+            out += [(list(p), list(t)) for p, t in zip(result.prompt_tokens, result.tokens)]
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="seq", disable=not enabled, dynamic_ncols=True)
+
+
+def _bucket(n: int, step: int = 64) -> int:
+    return -(-n // step) * step
+
+
+def extract(target, sequences: list[tuple[list[int], list[int]]], directory, *, taps: tuple[int, ...], top_k: int = 64,
+            batch: int = 4, name: str = "", progress: bool = True) -> Path:
+    """Run the target over every sequence (prompt + response) and write the memory-mapped data set."""
+    from specjax.lm import LM
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lm, params = LM.split(target.module)
+    cfg = lm.config
+    lengths = [len(p) + len(r) for p, r in sequences]
+    N, width = sum(lengths), len(taps) * cfg.dim
+    tokens = np.lib.format.open_memmap(directory / "tokens.npy", "w+", np.int32, (N,))
+    features = np.lib.format.open_memmap(directory / "features.npy", "w+", np.float16, (N, width))
+    topk_ids = np.lib.format.open_memmap(directory / "topk_ids.npy", "w+", np.int32, (N, top_k))
+    topk_logits = np.lib.format.open_memmap(directory / "topk_logits.npy", "w+", np.float16, (N, top_k))
+
+    @functools.partial(jax.jit, static_argnames=())
+    def run(params, tokens_bt, positions_bt):
+        logits_btv, _, taps_nbtd = lm.forward(params, tokens_bt, positions_bt,
+                                              lm.init_cache(params, tokens_bt.shape[0], tokens_bt.shape[1]), taps=taps)
+        vals, ids = jax.lax.top_k(logits_btv, top_k)
+        feats = jnp.concatenate(list(taps_nbtd), axis=-1)
+        return feats.astype(jnp.float16), ids, vals.astype(jnp.float16)
+
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    order = np.argsort(lengths)  # similar lengths share a padded batch
+    bar = _progress(len(sequences), "target features", progress)
+    for start in range(0, len(order), batch):
+        rows = order[start:start + batch]
+        T = _bucket(max(lengths[r] for r in rows))
+        toks = np.zeros((batch, T), np.int32)
+        pos = np.full((batch, T), -1, np.int32)
+        for j, r in enumerate(rows):
+            seq = sequences[r][0] + sequences[r][1]
+            toks[j, :len(seq)] = seq
+            pos[j, :len(seq)] = np.arange(len(seq))
+        feats, ids, vals = jax.device_get(run(params, jnp.asarray(toks), jnp.asarray(pos)))
+        for j, r in enumerate(rows):
+            a, n = offsets[r], lengths[r]
+            tokens[a:a + n] = toks[j, :n]
+            features[a:a + n] = feats[j, :n]
+            topk_ids[a:a + n] = ids[j, :n]
+            topk_logits[a:a + n] = vals[j, :n]
+        bar.update(len(rows))
+    bar.close()
+    for arr in (tokens, features, topk_ids, topk_logits):
+        arr.flush()
+    index = {"offsets": offsets.tolist(), "prompt_lengths": [len(p) for p, _ in sequences], "taps": list(taps),
+             "top_k": top_k, "target": name, "vocab_size": cfg.vocab_size, "dim": cfg.dim}
+    (directory / "index.json").write_text(json.dumps(index))
+    return directory
+
+
+class Dataset:
+    """A data set written by `extract`, memory-mapped; sequences may be restricted to `rows`."""
+
+    def __init__(self, directory, rows: Sequence[int] | None = None):
+        directory = Path(directory)
+        if not (directory / "index.json").exists():
+            raise ConfigError(f"{directory} is not a distillation data set (no index.json)")
+        self.index = json.loads((directory / "index.json").read_text())
+        self.offsets = np.asarray(self.index["offsets"], np.int64)
+        self.prompt_lengths = np.asarray(self.index["prompt_lengths"], np.int64)
+        self.taps = tuple(self.index["taps"])
+        self.tokens = np.load(directory / "tokens.npy", mmap_mode="r")
+        self.features = np.load(directory / "features.npy", mmap_mode="r")
+        self.topk_ids = np.load(directory / "topk_ids.npy", mmap_mode="r")
+        self.topk_logits = np.load(directory / "topk_logits.npy", mmap_mode="r")
+        self.rows = np.arange(len(self.prompt_lengths)) if rows is None else np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def sequence(self, row: int) -> np.ndarray:
+        return np.asarray(self.tokens[self.offsets[row]:self.offsets[row + 1]])
+
+    def response_tokens(self):
+        """The response part of every sequence (what the draft vocabulary is counted on)."""
+        for r in self.rows:
+            yield self.sequence(r)[self.prompt_lengths[r]:]
+
+    def batch(self, rng: np.random.Generator, size: int, length: int) -> dict:
+        """`size` random sequences cut to `length` tokens (a random window of longer ones), right-padded
+        -> numpy arrays for `ttt_loss`."""
+        n_taps, k = len(self.taps), self.topk_ids.shape[1]
+        width = self.features.shape[1]
+        out = {"tokens": np.zeros((size, length), np.int32),
+               "taps": np.zeros((n_taps, size, length, width // n_taps), np.float32),
+               "topk_ids": np.zeros((size, length, k), np.int32),
+               "topk_logits": np.full((size, length, k), -1e30, np.float32),
+               "prompt_lengths": np.zeros((size,), np.int32), "lengths": np.zeros((size,), np.int32)}
+        for j, r in enumerate(rng.choice(self.rows, size)):
+            a, b, p = self.offsets[r], self.offsets[r + 1], self.prompt_lengths[r]
+            n = b - a
+            start = 0 if n <= length else int(rng.integers(0, n - length + 1))
+            lo, hi = a + start, min(b, a + start + length)
+            m = hi - lo
+            out["tokens"][j, :m] = self.tokens[lo:hi]
+            out["taps"][:, j, :m] = np.asarray(self.features[lo:hi], np.float32).reshape(m, n_taps, -1).transpose(1, 0, 2)
+            out["topk_ids"][j, :m] = self.topk_ids[lo:hi]
+            out["topk_logits"][j, :m] = self.topk_logits[lo:hi]
+            out["prompt_lengths"][j] = max(p - start, 0)
+            out["lengths"][j] = m
+        return out

@@ -1,0 +1,277 @@
+"""`specjax distill`: a recipe (YAML) -> data, a draft vocabulary, a trained EAGLE-3 head, its export.
+
+    specjax distill configs/distill/smollm2_eagle3.yaml [--out DIR]
+
+Steps, each skipped when its output already exists under DIR (so an interrupted run resumes):
+  1. data      the target answers the recipe's prompts (specjax batched decoding), then one target
+               pass per sequence stores its tapped features and top-k logits (`data.extract`);
+               a share of the sequences (`heldout_share`) is held out: training never sees them
+  2. vocab     the N most frequent response tokens of the training split (EOS ids always kept);
+               coverage on the held-out split is reported (`vocab.json`)
+  3. train     AdamW with linear warm-up and cosine decay, gradient clipping, one jitted step over
+               the training-time-test loss (`distill.eagle.ttt_loss`); a tqdm bar with loss, the
+               head's top-1 agreement, tokens/s and ETA; orbax checkpoints every `checkpoint_every`
+               steps (resume continues exactly: batch s is drawn from (seed, s) alone); every
+               `eval_every` steps the held-out loss and, by real speculative decoding on the held-out
+               prompts, the acceptance rate and tokens per round at G = `eval_gamma`
+  4. export    the head in the community EAGLE-3 layout (`DIR/head`), loadable with `eagle:DIR/head`
+
+Everything is written under DIR (default `distill/<recipe name>`): data/, vocab.json, checkpoints/,
+log.jsonl (one line per logged step and evaluation), head/, summary.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from specjax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Recipe:
+    name: str
+    target: str
+    dtype: str = "float32"
+    # data
+    prompts: tuple = ()
+    heldout_prompts: tuple = ()  # prompts for the acceptance evaluation, never in the training data
+    samples: int = 1
+    temperature: float = 0.0
+    max_new_tokens: int = 256
+    gen_batch: int = 16
+    top_k: int = 64
+    heldout_share: float = 0.05
+    # draft
+    draft_vocab: int = 8192
+    taps: tuple = ()
+    # training
+    steps: int = 1000
+    batch: int = 8
+    length: int = 384
+    lr: float = 3e-4
+    warmup: int = 50
+    weight_decay: float = 0.0
+    clip: float = 0.5
+    ttt_steps: int = 5
+    decay: float = 0.8
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 250
+    checkpoint_every: int = 250
+    eval_prompts: int = 8
+    eval_max_new_tokens: int = 64
+    eval_gamma: int = 4
+
+    @classmethod
+    def from_yaml(cls, path) -> "Recipe":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"distill recipe {str(path)!r} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"distill recipe {path}: invalid YAML ({err})") from err
+        flat: dict[str, Any] = {}
+        for key, value in raw.items():
+            if isinstance(value, dict) and key in ("data", "draft", "train", "eval"):
+                flat.update(value)
+            else:
+                flat[key] = value
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(flat) - fields)
+        if unknown:
+            raise ConfigError(f"distill recipe {path}: unknown keys {unknown}; known: {sorted(fields)}")
+        for key in ("prompts", "heldout_prompts", "taps"):
+            if key in flat:
+                flat[key] = tuple(_resolve(p, path.parent) for p in flat[key]) if key != "taps" else tuple(flat[key])
+        flat.setdefault("name", path.stem)
+        if "target" not in flat:
+            raise ConfigError(f"distill recipe {path}: 'target' is required")
+        return cls(**flat)
+
+
+def _resolve(src, base: Path):
+    """A relative prompt file is looked up next to the recipe, then from the working directory."""
+    if isinstance(src, str) and not Path(src).is_absolute() and (base / src).exists():
+        return str(base / src)
+    return src
+
+
+def _log(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def prepare_data(recipe: Recipe, target, out: Path, taps, progress: bool = True) -> Path:
+    from specjax.distill import data
+
+    directory = out / "data"
+    if (directory / "index.json").exists():
+        return directory
+    prompts = data.load_prompts(recipe.prompts)
+    started = time.perf_counter()
+    sequences = data.generate_responses(target, prompts, samples=recipe.samples, temperature=recipe.temperature,
+                                        seed=recipe.seed, max_new_tokens=recipe.max_new_tokens,
+                                        batch=recipe.gen_batch, progress=progress)
+    generated = time.perf_counter()
+    data.extract(target, sequences, directory, taps=taps, top_k=recipe.top_k, name=recipe.target, progress=progress)
+    _log(out / "log.jsonl", {"event": "data", "sequences": len(sequences),
+                             "tokens": sum(len(p) + len(r) for p, r in sequences),
+                             "response_tokens": sum(len(r) for _, r in sequences),
+                             "generate_s": generated - started, "extract_s": time.perf_counter() - generated})
+    return directory
+
+
+def split_rows(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows) of n sequences: a fixed random share held out (at least one)."""
+    order = np.random.default_rng([seed, 7]).permutation(n)
+    k = max(1, int(round(n * share))) if n > 1 else 0
+    return np.sort(order[k:]), np.sort(order[:k])
+
+
+def build_vocab(recipe: Recipe, train_set, heldout_set, vocab_size: int, eos_ids, out: Path) -> np.ndarray:
+    from specjax.distill import vocab
+
+    path = out / "vocab.json"
+    if path.exists():
+        return np.asarray(json.loads(path.read_text())["target_ids"], np.int64)
+    counts = vocab.count_tokens(train_set.response_tokens(), vocab_size)
+    size = min(recipe.draft_vocab or vocab_size, vocab_size)
+    target_ids = vocab.most_frequent(counts, size, always=eos_ids)
+    held = vocab.count_tokens(heldout_set.response_tokens(), vocab_size)
+    report = {"target_ids": target_ids.tolist(), "size": int(size),
+              "coverage_train": vocab.coverage(counts, target_ids), "coverage_heldout": vocab.coverage(held, target_ids),
+              "distinct_train_tokens": int((counts > 0).sum())}
+    path.write_text(json.dumps(report))
+    _log(out / "log.jsonl", {"event": "vocab", **{k: v for k, v in report.items() if k != "target_ids"}})
+    return target_ids
+
+
+def make_optimizer(recipe: Recipe):
+    import optax
+
+    schedule = optax.warmup_cosine_decay_schedule(0.0, recipe.lr, max(recipe.warmup, 1), max(recipe.steps, 2),
+                                                  end_value=recipe.lr * 0.05)
+    return optax.chain(optax.clip_by_global_norm(recipe.clip),
+                       optax.adamw(schedule, weight_decay=recipe.weight_decay))
+
+
+def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_after: int | None = None) -> dict:
+    """The whole recipe (see the module docstring) -> summary dict. `stop_after`: stop training after
+    that many steps of this call (tests use it to interrupt and resume)."""
+    import optax
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from specjax import api
+    from specjax.distill.data import Dataset, load_prompts
+    from specjax.distill.eagle import ttt_loss
+    from specjax.models import head_config_for, load, random_head, save_eagle
+
+    out = Path(out or Path("distill") / recipe.name).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    if target is None:
+        target = load(recipe.target, dtype=recipe.dtype, progress=progress)
+    tcfg = target.module.config
+    cfg0 = head_config_for(tcfg, draft_vocab_size=tcfg.vocab_size, taps=tuple(recipe.taps))
+    taps = cfg0.taps_for(tcfg.num_layers)
+    data_dir = prepare_data(recipe, target, out, taps, progress)
+    full = Dataset(data_dir)
+    train_rows, held_rows = split_rows(len(full), recipe.heldout_share, recipe.seed)
+    train_set, held_set = Dataset(data_dir, train_rows), Dataset(data_dir, held_rows)
+    eos = tuple(target.tokenizer.eos_ids) if getattr(target, "tokenizer", None) is not None else ()
+    target_ids = build_vocab(recipe, train_set, held_set, tcfg.vocab_size, eos, out)
+
+    head = random_head(head_config_for(tcfg, draft_vocab_size=len(target_ids), taps=taps), seed=recipe.seed,
+                       target_ids=target_ids, dtype=recipe.dtype)
+    graphdef, params, rest = nnx.split(head, nnx.Param, ...)
+    embed_table = target.module.embed.value
+    draft_index = np.full((tcfg.vocab_size,), -1, np.int32)
+    draft_index[target_ids] = np.arange(len(target_ids))
+    draft_index = jnp.asarray(draft_index)
+    optimizer = make_optimizer(recipe)
+    opt_state = optimizer.init(params)
+
+    def loss_fn(p, batch):
+        return ttt_loss(nnx.merge(graphdef, p, rest), embed_table, batch, steps=recipe.ttt_steps, decay=recipe.decay,
+                        draft_index_v=draft_index)
+
+    @jax.jit
+    def train_step(p, opt_state, batch):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, loss, metrics
+
+    eval_loss = jax.jit(loss_fn)
+
+    manager = ocp.CheckpointManager(out / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2))
+    step = 0
+    if manager.latest_step() is not None:
+        step = manager.latest_step()
+        restored = manager.restore(step, args=ocp.args.StandardRestore({"params": params, "opt_state": opt_state}))
+        params, opt_state = restored["params"], restored["opt_state"]
+
+    heldout = load_prompts(recipe.heldout_prompts)[:recipe.eval_prompts] if recipe.heldout_prompts else []
+
+    def evaluate(p) -> dict:
+        rng = np.random.default_rng([recipe.seed, 99])
+        losses = [float(eval_loss(p, held_set.batch(rng, recipe.batch, recipe.length))[0]) for _ in range(2)]
+        record = {"event": "eval", "step": step, "heldout_loss": float(np.mean(losses))}
+        if heldout:
+            trained = nnx.merge(graphdef, p, rest)
+            stats = {"accepted": 0, "drafted": 0, "rounds": 0, "tokens": 0}
+            for chat in (True, False):
+                texts = [t for t, c in heldout if c == chat]
+                if not texts:
+                    continue
+                res = api.generate(target, texts, draft=trained, gamma=recipe.eval_gamma, chat=chat,
+                                   max_new_tokens=recipe.eval_max_new_tokens)
+                stats["accepted"] += sum(res.stats["accepted"])
+                stats["drafted"] += sum(res.stats["drafted"])
+                stats["rounds"] += sum(res.stats["rounds"])
+                stats["tokens"] += sum(len(t) for t in res.tokens)
+            record["acceptance_rate"] = stats["accepted"] / max(stats["drafted"], 1)
+            record["tokens_per_round"] = (stats["tokens"] - len(heldout)) / max(stats["rounds"], 1)
+        return record
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=recipe.steps, initial=step, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
+    started, tokens_seen, done_here = time.perf_counter(), 0, 0
+    log = out / "log.jsonl"
+    while step < recipe.steps and (stop_after is None or done_here < stop_after):
+        batch = train_set.batch(np.random.default_rng([recipe.seed, step]), recipe.batch, recipe.length)
+        params, opt_state, loss, metrics = train_step(params, opt_state, batch)
+        step += 1
+        done_here += 1
+        tokens_seen += int(batch["lengths"].sum())
+        bar.update(1)
+        if step % recipe.log_every == 0 or step == recipe.steps:
+            rate = tokens_seen / (time.perf_counter() - started)
+            m = {k: float(v) for k, v in metrics.items()}
+            bar.set_postfix(loss=f"{float(loss):.3f}", acc0=f"{m['acc0']:.2f}", tok_s=f"{rate:.0f}")
+            _log(log, {"event": "train", "step": step, "loss": float(loss), "tokens_per_s": rate, **m})
+        if step % recipe.checkpoint_every == 0 or step == recipe.steps:
+            manager.save(step, args=ocp.args.StandardSave({"params": params, "opt_state": opt_state}))
+        if recipe.eval_every and (step % recipe.eval_every == 0 or step == recipe.steps):
+            record = evaluate(params)
+            _log(log, record)
+            bar.write(json.dumps(record))
+    bar.close()
+    manager.wait_until_finished()
+    trained = nnx.merge(graphdef, params, rest)
+    summary = {"step": step, "out": str(out), "train_seconds": time.perf_counter() - started}
+    if step >= recipe.steps:
+        save_eagle(trained, out / "head")
+        summary["head"] = str(out / "head")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return {**summary, "head_module": trained}

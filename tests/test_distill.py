@@ -1,0 +1,133 @@
+"""Distillation: losses against numpy, the draft vocabulary, the training-time-test unroll against the
+decoding path, and a whole tiny recipe (training lowers the loss, resume equals an uninterrupted run,
+export then load gives the same logits)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_lm
+
+from specjax.distill import losses, vocab
+from specjax.distill.eagle import ttt_outputs
+from specjax.models import head_config_for, load, load_eagle, random_head
+
+
+def _np_softmax(x, t=1.0):
+    x = np.asarray(x, np.float64) / t
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_losses_equal_a_numpy_reference():
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(3, 4, 7)) * 2
+    target[0, 0, :3] = -np.inf  # ids the stored top-k left out
+    draft = rng.normal(size=(3, 4, 7)) * 2
+    for t in (1.0, 0.7):
+        p, q = _np_softmax(target, t), _np_softmax(draft, t)
+        logp, logq = np.log(np.where(p > 0, p, 1)), np.log(q)
+        m = 0.3 * p + 0.7 * q
+        want = {
+            "soft_cross_entropy": -(p * logq).sum(-1),
+            "forward_kl": (np.where(p > 0, p * (logp - logq), 0)).sum(-1),
+            "reverse_kl": (q * (logq - np.where(p > 0, logp, -1e4))).sum(-1),
+            "total_variation": 0.5 * np.abs(p - q).sum(-1),
+            "jsd": 0.3 * np.where(p > 0, p * (logp - np.log(m)), 0).sum(-1) + 0.7 * (q * (logq - np.log(m))).sum(-1),
+        }
+        got = {"soft_cross_entropy": losses.soft_cross_entropy(target, draft, t),
+               **{name: losses.divergence(name, target, draft, t, beta=0.3) for name in losses.DIVERGENCES}}
+        for name, value in want.items():
+            np.testing.assert_allclose(np.asarray(got[name]), value, rtol=2e-5, atol=2e-5, err_msg=f"{name} at T={t}")
+    same = losses.divergence("forward_kl", draft, draft)
+    np.testing.assert_allclose(np.asarray(same), 0.0, atol=1e-6)
+
+
+def test_draft_vocabulary_maps_and_coverage():
+    counts = vocab.count_tokens([[5, 5, 5, 2, 2, 9], [2, 7, 1]], 10)
+    assert counts.tolist() == [0, 1, 3, 0, 0, 3, 0, 1, 0, 1]
+    ids = vocab.most_frequent(counts, 3, always=[0])  # 0 forced (EOS), then 2 and 5 (tie: smaller id)
+    assert ids.tolist() == [0, 2, 5]
+    d2t, t2d = vocab.maps(ids, 10)
+    assert (d2t + np.arange(3)).tolist() == [0, 2, 5] and t2d.tolist() == [i in (0, 2, 5) for i in range(10)]
+    assert vocab.coverage(counts, ids) == pytest.approx(6 / 9)
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        vocab.count_tokens([[10]], 10)
+
+
+def test_training_time_test_unroll_is_the_decoding_computation():
+    """Step u of the unroll at entry t equals what the drafter computes at draft step u + 1 from a cache
+    holding the step-0 entries 0 .. t: the training sees exactly what decoding does."""
+    target = tiny_lm(0, vocab=32, layers=3)
+    tcfg = target.module.config
+    head = random_head(head_config_for(tcfg, draft_vocab_size=12, taps=(0, 1, 3)), seed=3, scale=3.0)
+    lm, params = __import__("specjax.lm", fromlist=["LM"]).LM.split(target.module)
+    T = 10
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 32, (2, T)), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(T), (2, T))
+    _, _, taps = lm.forward(params, tokens, positions, lm.init_cache(params, 2, T), taps=(0, 1, 3))
+    embed = target.module.embed.value
+    outs = ttt_outputs(head, embed, taps, tokens, steps=3)  # [3, B, T-1, D]
+    t = 4
+    pos = jnp.where(jnp.arange(T - 1) <= t, jnp.arange(T - 1), -1)[None].repeat(2, 0)
+    out0, cache = head.step(embed[tokens[:, 1:]], head.fuse(taps[:, :, :T - 1]), pos, head.init_cache(2, 16))
+    np.testing.assert_allclose(np.asarray(outs[0, :, :t + 1]), np.asarray(out0[:, :t + 1]), rtol=1e-4, atol=1e-4)
+    hidden = out0[:, t]
+    for u in (1, 2):
+        hidden_b1d, cache = head.step(embed[tokens[:, t + 1 + u]][:, None], hidden[:, None], jnp.full((2, 1), t + u),
+                                      cache)
+        hidden = hidden_b1d[:, 0]
+        np.testing.assert_allclose(np.asarray(outs[u, :, t]), np.asarray(hidden), rtol=1e-4, atol=1e-4,
+                                   err_msg=f"unroll step {u}")
+
+
+@pytest.fixture(scope="module")
+def recipe_setup(hf_dir, tmp_path_factory):
+    from specjax.distill.train import Recipe
+
+    base = tmp_path_factory.mktemp("distill")
+    (base / "prompts.yaml").write_text(json.dumps({"chat": False, "prompts": [
+        "hello world", "the quick brown fox", "jumps over the lazy dog", "hello the dog", "brown fox world",
+        "lazy world hello", "quick quick dog", "the the fox"]}))
+    (base / "heldout.yaml").write_text(json.dumps({"chat": False, "prompts": ["the lazy fox", "world of dogs"]}))
+    recipe = Recipe(name="tiny", target=str(hf_dir), prompts=(str(base / "prompts.yaml"),),
+                    heldout_prompts=(str(base / "heldout.yaml"),), samples=2, temperature=1.0, max_new_tokens=12,
+                    gen_batch=8, top_k=8, heldout_share=0.2, draft_vocab=40, steps=24, batch=4, length=24, lr=3e-3,
+                    warmup=4, ttt_steps=3, log_every=4, eval_every=24, checkpoint_every=8, eval_prompts=2,
+                    eval_max_new_tokens=8)
+    return recipe, load(hf_dir, progress=False), base
+
+
+def test_a_tiny_recipe_trains_resumes_exactly_and_exports(recipe_setup):
+    from specjax.distill.train import run
+
+    recipe, target, base = recipe_setup
+    whole = run(recipe, base / "whole", progress=False, target=target)
+    log = [json.loads(line) for line in (base / "whole" / "log.jsonl").read_text().splitlines()]
+    train = [r for r in log if r["event"] == "train"]
+    assert train[-1]["loss"] < 0.8 * train[0]["loss"], [r["loss"] for r in train]
+    vocab_record = next(r for r in log if r["event"] == "vocab")
+    assert vocab_record["size"] == 40 and 0 < vocab_record["coverage_heldout"] <= 1
+    evals = [r for r in log if r["event"] == "eval"]
+    assert evals and "acceptance_rate" in evals[-1] and evals[-1]["tokens_per_round"] >= 1
+
+    # interrupted after 10 steps (last checkpoint at 8), then resumed: the same head as without a break
+    # (the data directory is shared, so both runs train on the same sequences)
+    (base / "split").mkdir()
+    (base / "split" / "data").symlink_to(base / "whole" / "data")
+    part = run(recipe, base / "split", progress=False, target=target, stop_after=10)
+    assert part["step"] == 10 and "head" not in part
+    resumed = run(recipe, base / "split", progress=False, target=target)
+    assert resumed["step"] == recipe.steps
+    for a, b in zip(jax.tree.leaves(whole["head_module"]), jax.tree.leaves(resumed["head_module"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    # export, then load: the same logits
+    loaded = load_eagle(whole["head"])
+    h = jnp.asarray(np.random.default_rng(0).normal(size=(1, 3, loaded.config.dim)), jnp.float32)
+    np.testing.assert_allclose(np.asarray(loaded.logits(h)), np.asarray(whole["head_module"].logits(h)), rtol=1e-6)
+    assert np.array_equal(np.asarray(loaded.target_ids.value), np.asarray(whole["head_module"].target_ids.value))
