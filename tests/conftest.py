@@ -25,14 +25,29 @@ import pytest  # noqa: E402
 TINY_VOCAB = 101
 
 
+# Test files whose tests share the session's real models (`real_model_cache`): one scheduling group,
+# so that the models load once per run.
+REAL_MODEL_FILES = ("test_real_models.py", "test_tokenizer.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Scheduling for parallel runs (`pytest -n 2`, as `make test` runs them): every file is one unit
+    that runs on one worker (its module fixtures are built once), and the files of REAL_MODEL_FILES
+    form one unit together. (`--dist loadgroup` with `xdist_group` marks did this before pytest 9.2,
+    which silently stopped honouring the marks: pytest-dev/pytest-xdist#1386; every test was then
+    scheduled on its own and module fixtures, real models included, were built on both workers.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "real-models" if path.rsplit("/", 1)[-1] in REAL_MODEL_FILES else path
+
+    return FileGroups(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Scheduling for parallel runs (`pytest -n 2 --dist loadgroup`, as `make test` runs them): the
-    tests that share the session's real models form one group (the models load once per run), every
-    other test goes with the rest of its file (module fixtures are built once); the real-model
-    tests, the longest groups, run first so that the two workers finish together."""
-    for item in items:
-        group = "real-models" if "real_model_cache" in item.fixturenames else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+    """The real-model tests, the longest units, run first so that the two workers finish together."""
     items.sort(key=lambda item: (item.get_closest_marker("real") is None,
                                  "real_model_cache" not in item.fixturenames))
 
