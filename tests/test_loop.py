@@ -36,7 +36,7 @@ def ar_tokens(target):
     return api.generate(target, PROMPTS, max_new_tokens=40).tokens
 
 
-@pytest.mark.parametrize("gamma", [1, 2, 4, 7])
+@pytest.mark.parametrize("gamma", [1, 4, 7])
 @pytest.mark.parametrize("kind", ["random", "good", "self"])
 def test_greedy_speculative_equals_autoregressive(target, drafts, ar_tokens, gamma, kind):
     result = api.generate(target, PROMPTS, draft=drafts[kind], gamma=gamma, max_new_tokens=40)

@@ -8,7 +8,8 @@ import pytest
 
 from specjax import api
 from specjax.bench import divergence
-from specjax.models import head_config_for, load, random_head, save_eagle, truncate
+from specjax.errors import IncompatibleDraftError
+from specjax.models import head_config_for, load, load_eagle, random_head, save_eagle, truncate
 
 pytestmark = pytest.mark.real
 
@@ -99,9 +100,8 @@ def test_a_community_layout_head_for_smollm2_runs_from_the_cli(smollm2, smollm2_
     wide = random_head(dataclasses.replace(head.config, dim=64, target_dim=64, num_heads=4, num_kv_heads=4,
                                            head_dim=16, mlp_dim=128))
     save_eagle(wide, tmp_path / "wide")
-    assert main(args + ["--drafter", f"eagle:{tmp_path / 'wide'}"]) == 2
-    err = capsys.readouterr().err
-    assert "IncompatibleDraftError" in err or "hidden size is 576" in err, err
+    with pytest.raises(IncompatibleDraftError, match="width 64 .*the target's hidden size is 576"):
+        api.generate(smollm2, PROMPTS[:1], draft=f"eagle:{tmp_path / 'wide'}", load_head=load_eagle, max_new_tokens=4)
 
 
 @pytest.fixture(scope="module")
