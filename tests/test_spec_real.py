@@ -54,7 +54,7 @@ def assert_equal_or_near_tie(module, prompts, ar_tokens, sp_tokens, n):
 
 
 def test_smollm2_speculative_equals_autoregressive(smollm2, smollm2_ar):
-    draft = truncate(smollm2, 24)
+    draft = truncate(smollm2, 8)  # a separate 8-layer draft model with its own cache (exactness holds for any draft)
     ar = smollm2_ar
     sp = api.generate(smollm2, PROMPTS, draft=draft, gamma=4, max_new_tokens=128, eos_ids=())
     print(f"\nacceptance rate {sp.stats['acceptance_rate']:.3f}, "

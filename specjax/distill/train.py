@@ -201,13 +201,14 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
     optimizer = make_optimizer(recipe)
     opt_state = optimizer.init(params)
 
-    def loss_fn(p, batch):
+    # the embedding table and the id map are arguments, not constants baked into the compiled step
+    def loss_fn(p, batch, embed_table, draft_index):
         return ttt_loss(nnx.merge(graphdef, p, rest), embed_table, batch, steps=recipe.ttt_steps, decay=recipe.decay,
                         draft_index_v=draft_index)
 
     @jax.jit
-    def train_step(p, opt_state, batch):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, batch)
+    def train_step(p, opt_state, batch, embed_table, draft_index):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, batch, embed_table, draft_index)
         updates, opt_state = optimizer.update(grads, opt_state, p)
         return optax.apply_updates(p, updates), opt_state, loss, metrics
 
@@ -224,7 +225,8 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
 
     def evaluate(p) -> dict:
         rng = np.random.default_rng([recipe.seed, 99])
-        losses = [float(eval_loss(p, held_set.batch(rng, recipe.batch, recipe.length))[0]) for _ in range(2)]
+        losses = [float(eval_loss(p, held_set.batch(rng, recipe.batch, recipe.length), embed_table, draft_index)[0])
+                  for _ in range(2)]
         record = {"event": "eval", "step": step, "heldout_loss": float(np.mean(losses))}
         if heldout:
             trained = nnx.merge(graphdef, p, rest)
@@ -250,7 +252,7 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
     log = out / "log.jsonl"
     while step < recipe.steps and (stop_after is None or done_here < stop_after):
         batch = train_set.batch(np.random.default_rng([recipe.seed, step]), recipe.batch, recipe.length)
-        params, opt_state, loss, metrics = train_step(params, opt_state, batch)
+        params, opt_state, loss, metrics = train_step(params, opt_state, batch, embed_table, draft_index)
         step += 1
         done_here += 1
         tokens_seen += int(batch["lengths"].sum())
