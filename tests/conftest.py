@@ -33,12 +33,10 @@ REAL_MODEL_FILES = ("test_real_models.py", "test_tokenizer.py")
 def pytest_xdist_make_scheduler(config, log):
     """Scheduling for parallel runs (`pytest -n 2`, as `make test` runs them): every file is one unit
     that runs on one worker (its module fixtures are built once), and the files of REAL_MODEL_FILES
-    form one unit together. (`--dist loadgroup` with `xdist_group` marks did this before pytest 9.2,
+    form one unit together; units with more tests go first. (`--dist loadgroup` with `xdist_group` marks did this before pytest 9.2,
     which silently stopped honouring the marks: pytest-dev/pytest-xdist#1386; every test was then
     scheduled on its own and module fixtures, real models included, were built on both workers.)"""
     from xdist.scheduler import LoadScopeScheduling
-
-    config.option.loadscopereorder = False  # keep the collection order (longest units first), not test counts
 
     class FileGroups(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
@@ -47,21 +45,15 @@ def pytest_xdist_make_scheduler(config, log):
     return FileGroups(config, log)
 
 
-# Rough CPU seconds of the longest units in a fresh `make test` (measured with --durations=0): they
-# are handed out first, longest first, so that the two workers finish together (files not listed
-# follow, in collection order).
-UNIT_SECONDS = {"tests/test_loop.py": 227, "tests/test_spec_real.py": 200, "tests/test_sharding.py": 155,
-                "tests/test_distribution.py": 149, "tests/test_sampler.py": 112, "tests/test_eagle.py": 101,
-                "real-models": 68, "tests/test_distill.py": 48, "tests/test_models.py": 46, "tests/test_drafters.py": 43}
-
-
 def _unit(nodeid: str) -> str:
     path = nodeid.split("::", 1)[0]
     return "real-models" if path.rsplit("/", 1)[-1] in REAL_MODEL_FILES else path
 
 
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: -UNIT_SECONDS.get(_unit(item.nodeid), 0))
+    """The real-model tests, among the longest, come first in the collection."""
+    items.sort(key=lambda item: (item.get_closest_marker("real") is None,
+                                 "real_model_cache" not in item.fixturenames))
 
 
 @pytest.fixture(autouse=True, scope="module")

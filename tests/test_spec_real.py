@@ -37,7 +37,7 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def smollm2_ar(smollm2):
-    return api.generate(smollm2, PROMPTS, max_new_tokens=128, eos_ids=())
+    return api.generate(smollm2, PROMPTS, max_new_tokens=64, eos_ids=())
 
 
 def assert_equal_or_near_tie(module, prompts, ar_tokens, sp_tokens, n):
@@ -53,9 +53,10 @@ def assert_equal_or_near_tie(module, prompts, ar_tokens, sp_tokens, n):
             print(f"accepted divergence at token {k}: proven near-tie, top-2 gap {gap:.2e}")
 
 
-def test_smollm2_speculative_equals_autoregressive(smollm2, smollm2_ar):
-    draft = truncate(smollm2, 8)  # a separate 8-layer draft model with its own cache (exactness holds for any draft)
-    ar = smollm2_ar
+@pytest.mark.slow  # make test-all; in make test, the EAGLE-3 test below checks real-model exactness with a drafter
+def test_smollm2_speculative_equals_autoregressive(smollm2):
+    draft = truncate(smollm2, 24)
+    ar = api.generate(smollm2, PROMPTS, max_new_tokens=128, eos_ids=())
     sp = api.generate(smollm2, PROMPTS, draft=draft, gamma=4, max_new_tokens=128, eos_ids=())
     print(f"\nacceptance rate {sp.stats['acceptance_rate']:.3f}, "
           f"tokens per round {sp.stats['mean_tokens_per_round']:.2f}")
