@@ -71,15 +71,16 @@ def test_training_time_test_unroll_is_the_decoding_computation():
     positions = jnp.broadcast_to(jnp.arange(T), (2, T))
     _, _, taps = lm.forward(params, tokens, positions, lm.init_cache(params, 2, T), taps=(0, 1, 3))
     embed = target.module.embed.value
-    outs = ttt_outputs(head, embed, taps, tokens, steps=3)  # [3, B, T-1, D]
+    outs = jax.jit(lambda taps, tokens: ttt_outputs(head, embed, taps, tokens, steps=3))(taps, tokens)  # [3,B,T-1,D]
     t = 4
     pos = jnp.where(jnp.arange(T - 1) <= t, jnp.arange(T - 1), -1)[None].repeat(2, 0)
-    out0, cache = head.step(embed[tokens[:, 1:]], head.fuse(taps[:, :, :T - 1]), pos, head.init_cache(2, 16))
+    out0, cache = jax.jit(head.step)(embed[tokens[:, 1:]], head.fuse(taps[:, :, :T - 1]), pos, head.init_cache(2, 16))
     np.testing.assert_allclose(np.asarray(outs[0, :, :t + 1]), np.asarray(out0[:, :t + 1]), rtol=1e-4, atol=1e-4)
     hidden = out0[:, t]
+    one_step = jax.jit(head.step)
     for u in (1, 2):
-        hidden_b1d, cache = head.step(embed[tokens[:, t + 1 + u]][:, None], hidden[:, None], jnp.full((2, 1), t + u),
-                                      cache)
+        hidden_b1d, cache = one_step(embed[tokens[:, t + 1 + u]][:, None], hidden[:, None], jnp.full((2, 1), t + u),
+                                     cache)
         hidden = hidden_b1d[:, 0]
         np.testing.assert_allclose(np.asarray(outs[u, :, t]), np.asarray(hidden), rtol=1e-4, atol=1e-4,
                                    err_msg=f"unroll step {u}")

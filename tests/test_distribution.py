@@ -60,11 +60,12 @@ def fitted_head(target):
     B, T = 256, 12
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, V, (B, T)), jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-    logits, _, taps = lm.forward(params, tokens, positions, lm.init_cache(params, B, T), taps=(0, 1, 2))
+    logits, _, taps = jax.jit(lambda p: lm.forward(p, tokens, positions, lm.init_cache(p, B, T), taps=(0, 1, 2)))(params)
     # entry t: the features at t with token t + 1 predict token t + 2, whose logits sit at t + 1
-    out, _ = head.step(target.module.embed_tokens(tokens[:, 1:]), head.fuse(taps[:, :, :-1]), positions[:, :-1],
-                       head.init_cache(B, T))
-    x = np.asarray(head.final_norm(out)).reshape(-1, head.config.dim)
+    x = jax.jit(lambda taps: head.final_norm(head.step(target.module.embed_tokens(tokens[:, 1:]),
+                                                       head.fuse(taps[:, :, :-1]), positions[:, :-1],
+                                                       head.init_cache(B, T))[0]))(taps)
+    x = np.asarray(x).reshape(-1, head.config.dim)
     y = np.asarray(logits[:, 1:][..., ids]).reshape(-1, len(ids))
     head.lm_head = nnx.Param(jnp.asarray(np.linalg.lstsq(x, y, rcond=None)[0]), axes=("embed", "vocab"))
     return head
@@ -89,7 +90,9 @@ def exact_distribution(target, cfg: SamplingConfig) -> np.ndarray:
     return dist
 
 
-DRAFTERS = ["model", "layerskip:1", "layerskip:1:own", "ngram:2", "eagle"]
+# layerskip:1:own samples through the draft model's code path ("model"), so it is left out here
+# (the test budget); the greedy tests run it.
+DRAFTERS = ["model", "layerskip:1", "ngram:2", "eagle"]
 
 
 def accept_always(keys_b, proposal, target_logits_bg1v, cfg, vocab_size=None):

@@ -128,8 +128,9 @@ def test_head_matches_a_torch_reference_at_the_first_and_a_later_step(tmp_path):
 
     cache = head.init_cache(B, 16)
     positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-    ours0, cache = head.step(jnp.asarray(embed[nxt]), head.fuse(jnp.asarray(feats)), positions, cache)
-    ours1, _ = head.step(jnp.asarray(embed[later]), ours0[:, -1:], jnp.full((B, 1), T), cache)
+    step = jax.jit(head.step)
+    ours0, cache = step(jnp.asarray(embed[nxt]), jax.jit(head.fuse)(jnp.asarray(feats)), positions, cache)
+    ours1, _ = step(jnp.asarray(embed[later]), ours0[:, -1:], jnp.full((B, 1), T), cache)
     np.testing.assert_allclose(np.asarray(head.logits(ours0)), ref0, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(head.logits(ours1)), ref1, atol=1e-4, rtol=1e-4)
     assert np.abs(ref1).max() > 0.5  # the comparison is not between near-zero logits

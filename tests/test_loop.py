@@ -36,7 +36,7 @@ def ar_tokens(target):
     return api.generate(target, PROMPTS, max_new_tokens=40).tokens
 
 
-@pytest.mark.parametrize("gamma", [1, 4, 7])
+@pytest.mark.parametrize("gamma", [1, 7])
 @pytest.mark.parametrize("kind", ["random", "good", "self"])
 def test_greedy_speculative_equals_autoregressive(target, drafts, ar_tokens, gamma, kind):
     result = api.generate(target, PROMPTS, draft=drafts[kind], gamma=gamma, max_new_tokens=40)
@@ -55,7 +55,7 @@ def test_greedy_speculative_equals_autoregressive(target, drafts, ar_tokens, gam
 
 
 @pytest.mark.parametrize("gamma", [1, 4, 7])
-@pytest.mark.parametrize("drafter", ["layerskip:1", "layerskip:1:own", "layerskip:2", "ngram:3", "ngram:2:2"])
+@pytest.mark.parametrize("drafter", ["layerskip:1", "layerskip:1:own", "layerskip:2", "ngram:3"])
 def test_greedy_speculative_equals_autoregressive_for_every_drafter(target, ar_tokens, gamma, drafter):
     result = api.generate(target, PROMPTS, draft=drafter, gamma=gamma, max_new_tokens=40)
     assert result.tokens == ar_tokens
