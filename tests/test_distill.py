@@ -132,3 +132,16 @@ def test_a_tiny_recipe_trains_resumes_exactly_and_exports(recipe_setup):
     h = jnp.asarray(np.random.default_rng(0).normal(size=(1, 3, loaded.config.dim)), jnp.float32)
     np.testing.assert_allclose(np.asarray(loaded.logits(h)), np.asarray(whole["head_module"].logits(h)), rtol=1e-6)
     assert np.array_equal(np.asarray(loaded.target_ids.value), np.asarray(whole["head_module"].target_ids.value))
+
+
+def test_recipe_settings_are_checked(tmp_path):
+    from specjax.distill.train import Recipe
+    from specjax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"warmup must be an integer in \[0, steps = 6\), got 30"):
+        Recipe(name="r", target="t", steps=6, warmup=30)
+    with pytest.raises(ConfigError, match="ttt_steps must be an integer >= 1"):
+        Recipe(name="r", target="t", ttt_steps=0)
+    (tmp_path / "r.yaml").write_text("target: t\ntrain: {steps: 10, warmpu: 2}\n")
+    with pytest.raises(ConfigError, match=r"unknown keys \['warmpu'\]"):
+        Recipe.from_yaml(tmp_path / "r.yaml")

@@ -71,6 +71,22 @@ class Recipe:
     eval_max_new_tokens: int = 64
     eval_gamma: int = 4
 
+    def __post_init__(self):
+        for name in ("samples", "max_new_tokens", "gen_batch", "top_k", "steps", "batch", "length", "ttt_steps",
+                     "log_every", "checkpoint_every", "eval_prompts", "eval_max_new_tokens", "eval_gamma"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"distill recipe {self.name!r}: {name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.warmup, int) or not 0 <= self.warmup < self.steps:
+            raise ConfigError(f"distill recipe {self.name!r}: warmup must be an integer in [0, steps = {self.steps}), "
+                              f"got {self.warmup!r}")
+        if not 0.0 <= self.heldout_share < 1.0:
+            raise ConfigError(f"distill recipe {self.name!r}: heldout_share must lie in [0, 1), got {self.heldout_share}")
+        if self.lr <= 0 or self.clip <= 0 or not 0 < self.decay <= 1 or self.temperature < 0:
+            raise ConfigError(f"distill recipe {self.name!r}: lr and clip must be > 0, decay in (0, 1], temperature "
+                              f">= 0 (got lr={self.lr}, clip={self.clip}, decay={self.decay}, "
+                              f"temperature={self.temperature})")
+
     @classmethod
     def from_yaml(cls, path) -> "Recipe":
         path = Path(path)
@@ -159,7 +175,7 @@ def build_vocab(recipe: Recipe, train_set, heldout_set, vocab_size: int, eos_ids
 def make_optimizer(recipe: Recipe):
     import optax
 
-    schedule = optax.warmup_cosine_decay_schedule(0.0, recipe.lr, max(recipe.warmup, 1), max(recipe.steps, 2),
+    schedule = optax.warmup_cosine_decay_schedule(0.0, recipe.lr, max(recipe.warmup, 1), max(recipe.steps, recipe.warmup + 2),
                                                   end_value=recipe.lr * 0.05)
     return optax.chain(optax.clip_by_global_norm(recipe.clip),
                        optax.adamw(schedule, weight_decay=recipe.weight_decay))
