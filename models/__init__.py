@@ -8,7 +8,7 @@ Checkpoint readers live in `sources`, the conversion in `convert`, saved convert
     head = load_eagle("path/to/eagle3-head")      # an EAGLE-3 draft head in the community layout
 """
 
-from .eagle3 import Eagle3Config, Eagle3Head, head_config_for, load_eagle, random_head, save_eagle
+from .eagle3 import BUILTIN_HEADS, Eagle3Config, Eagle3Head, head_config_for, head_path, load_eagle, random_head, save_eagle
 from .convert import FAMILIES, LoadedModel, family_for, load, truncate
 from .hub import BUILTIN
 from .store import load_converted, save
@@ -16,7 +16,7 @@ from .tokenizer import Tokenizer
 from .transformer import RopeConfig, Transformer, TransformerConfig
 
 __all__ = [
-    "BUILTIN", "Eagle3Config", "Eagle3Head", "FAMILIES", "LoadedModel", "RopeConfig", "Tokenizer", "Transformer", "TransformerConfig",
-    "family_for", "head_config_for", "load", "load_converted", "load_eagle", "random_head", "save", "save_eagle",
+    "BUILTIN", "BUILTIN_HEADS", "Eagle3Config", "Eagle3Head", "FAMILIES", "LoadedModel", "RopeConfig", "Tokenizer", "Transformer", "TransformerConfig",
+    "family_for", "head_config_for", "head_path", "load", "load_converted", "load_eagle", "random_head", "save", "save_eagle",
     "truncate",
 ]

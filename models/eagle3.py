@@ -50,7 +50,7 @@ from flax import nnx
 from specjax.cache import KVCache
 from specjax.errors import ConversionError, MissingWeightError, ModelNotFoundError, WeightShapeError
 
-from .family import rope_from_hf
+from .family import rope_from_hf, rope_to_hf
 from .transformer import (Norm, RopeConfig, TransformerConfig, _attention, _init, _masks, _project, _rope_tables,
                           _rotate)
 
@@ -242,22 +242,13 @@ def config_from_hf(hf: dict, origin: str = "config.json") -> Eagle3Config:
 
 def config_to_hf(cfg: Eagle3Config) -> dict:
     """Eagle3Config -> the community `config.json` dict."""
-    rope = cfg.rope
     hf = {
         "architectures": [ARCHITECTURES[0]], "model_type": "llama", "hidden_act": "silu",
         "hidden_size": cfg.dim, "intermediate_size": cfg.mlp_dim, "num_attention_heads": cfg.num_heads,
         "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "num_hidden_layers": 1,
-        "rms_norm_eps": cfg.norm_eps, "rope_theta": rope.theta, "vocab_size": cfg.vocab_size,
-        "draft_vocab_size": cfg.draft_vocab_size, "tie_word_embeddings": False,
+        "rms_norm_eps": cfg.norm_eps, "vocab_size": cfg.vocab_size,
+        "draft_vocab_size": cfg.draft_vocab_size, "tie_word_embeddings": False, **rope_to_hf(cfg.rope, "eagle3"),
     }
-    if rope.kind == "linear":
-        hf["rope_scaling"] = {"rope_type": "linear", "factor": rope.factor}
-    elif rope.kind == "llama3":
-        hf["rope_scaling"] = {"rope_type": "llama3", "factor": rope.factor, "low_freq_factor": rope.low_freq_factor,
-                              "high_freq_factor": rope.high_freq_factor,
-                              "original_max_position_embeddings": rope.original_max_positions}
-    elif rope.kind != "default":
-        raise ConversionError(f"eagle3: RoPE kind {rope.kind!r} has no config.json form")
     if cfg.target_dim != cfg.dim:
         hf["target_hidden_size"] = cfg.target_dim
     if cfg.taps:
@@ -305,11 +296,24 @@ def _get(module, dotted: str):
     return module
 
 
+# Heads shipped inside the package (models/heads/NAME), usable by name wherever a head directory is:
+# `--drafter eagle:NAME`, `load_eagle(NAME)`. name -> the built-in target it was trained for.
+BUILTIN_HEADS = {"smollm2-135m-instruct-eagle3": "smollm2-135m-instruct"}
+
+
+def head_path(name_or_dir) -> Path:
+    """A built-in head's name -> its directory in the package; anything else -> itself as a path."""
+    if isinstance(name_or_dir, str) and name_or_dir in BUILTIN_HEADS:
+        return Path(__file__).parent / "heads" / name_or_dir
+    return Path(name_or_dir)
+
+
 def load_eagle(path, *, dtype=jnp.float32) -> Eagle3Head:
-    """A head directory in the community layout -> Eagle3Head (weights in `dtype`)."""
+    """A head directory in the community layout, or a built-in head's name (BUILTIN_HEADS) ->
+    Eagle3Head (weights in `dtype`)."""
     from .sources.hf_dir import HFDirCheckpoint
 
-    directory = Path(path)
+    directory = head_path(path)
     if not directory.is_dir():
         raise ModelNotFoundError(f"EAGLE-3 head directory {str(directory)!r} does not exist")
     ckpt = HFDirCheckpoint(directory)

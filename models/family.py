@@ -97,6 +97,21 @@ def rope_from_hf(hf: dict, theta_default: float = 10000.0, params: dict | None =
     raise ConversionError(f"RoPE scaling type {kind!r} is not supported (supported: default, linear, llama3)")
 
 
+def rope_to_hf(rope: RopeConfig | None, what: str = "export") -> dict:
+    """The config.json keys (rope_theta, rope_scaling) of a RopeConfig (the inverse of rope_from_hf)."""
+    rope = rope or RopeConfig(theta=10000.0)
+    hf: dict = {"rope_theta": rope.theta}
+    if rope.kind == "linear":
+        hf["rope_scaling"] = {"rope_type": "linear", "factor": rope.factor}
+    elif rope.kind == "llama3":
+        hf["rope_scaling"] = {"rope_type": "llama3", "factor": rope.factor, "low_freq_factor": rope.low_freq_factor,
+                              "high_freq_factor": rope.high_freq_factor,
+                              "original_max_position_embeddings": rope.original_max_positions}
+    elif rope.kind != "default":
+        raise ConversionError(f"{what}: RoPE kind {rope.kind!r} has no config.json form")
+    return hf
+
+
 def decoder_specs(cfg: TransformerConfig, *, gemma_norms: bool = False) -> list[WeightSpec]:
     """Specs for the Llama-style HF naming shared by llama, mistral, qwen2/3 and gemma3."""
     D, F, N, K, H = cfg.dim, cfg.mlp_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim

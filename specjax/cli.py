@@ -53,11 +53,14 @@ def _check_generate_args(args):
     drafter = args.drafter or (f"model:{args.draft}" if args.draft else None)
     if drafter is not None:
         spec = registry.parse(drafter)  # a bad drafter string fails before any model is loaded
-        if spec.kind == "eagle" and not (Path(spec.name) / "config.json").is_file():
-            from specjax.errors import ModelNotFoundError
+        if spec.kind == "eagle":
+            from specjax.models.eagle3 import BUILTIN_HEADS, head_path
 
-            raise ModelNotFoundError(f"--drafter {drafter!r}: {spec.name!r} is not an EAGLE-3 head directory "
-                                     "(no config.json there)")
+            if not (head_path(spec.name) / "config.json").is_file():
+                from specjax.errors import ModelNotFoundError
+
+                raise ModelNotFoundError(f"--drafter {drafter!r}: {spec.name!r} is neither an EAGLE-3 head directory "
+                                         f"(no config.json there) nor a built-in head ({', '.join(BUILTIN_HEADS)})")
     if args.verify == "stepwise" and drafter is None:
         raise ConfigError("--verify stepwise needs a drafter (--drafter); plain decoding has no verify pass")
     if args.mesh:
@@ -175,10 +178,11 @@ def _cmd_distill(args) -> int:
     out_dir = args.out or f"distill/{recipe.name}"
     _check_writable_dir("--out", out_dir)
     summary = run(recipe, out_dir)
-    summary.pop("head_module", None)
+    summary.pop("draft", None)
     print(json.dumps(summary, indent=2))
-    if "head" in summary:
-        print(f"trained head: --drafter eagle:{summary['head']}")
+    if "export" in summary:
+        kind = "eagle" if recipe.kind == "eagle3" else "model"
+        print(f"trained draft: --drafter {kind}:{summary['export']}")
     return 0
 
 

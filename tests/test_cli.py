@@ -42,7 +42,7 @@ def test_cli_errors_are_clean(capsys):
     # an EAGLE-3 head directory that is not one is named before any model is loaded
     assert main(["generate", "--target", "no-such-model", "--drafter", "eagle:/no/such/head", "--prompt", "x"]) == 2
     err = capsys.readouterr().err
-    assert "'/no/such/head' is not an EAGLE-3 head directory" in err and "no-such-model" not in err
+    assert "'/no/such/head' is neither an EAGLE-3 head directory" in err and "no-such-model" not in err
 
 
 def test_generate_with_draft_model_reports_statistics(hf_dir, capsys):

@@ -121,17 +121,17 @@ def test_a_tiny_recipe_trains_resumes_exactly_and_exports(recipe_setup):
     (base / "split").mkdir()
     (base / "split" / "data").symlink_to(base / "whole" / "data")
     part = run(recipe, base / "split", progress=False, target=target, stop_after=10)
-    assert part["step"] == 10 and "head" not in part
+    assert part["step"] == 10 and "export" not in part
     resumed = run(recipe, base / "split", progress=False, target=target)
     assert resumed["step"] == recipe.steps
-    for a, b in zip(jax.tree.leaves(whole["head_module"]), jax.tree.leaves(resumed["head_module"])):
+    for a, b in zip(jax.tree.leaves(whole["draft"]), jax.tree.leaves(resumed["draft"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
     # export, then load: the same logits
-    loaded = load_eagle(whole["head"])
+    loaded = load_eagle(whole["export"])
     h = jnp.asarray(np.random.default_rng(0).normal(size=(1, 3, loaded.config.dim)), jnp.float32)
-    np.testing.assert_allclose(np.asarray(loaded.logits(h)), np.asarray(whole["head_module"].logits(h)), rtol=1e-6)
-    assert np.array_equal(np.asarray(loaded.target_ids.value), np.asarray(whole["head_module"].target_ids.value))
+    np.testing.assert_allclose(np.asarray(loaded.logits(h)), np.asarray(whole["draft"].logits(h)), rtol=1e-6)
+    assert np.array_equal(np.asarray(loaded.target_ids.value), np.asarray(whole["draft"].target_ids.value))
 
 
 def test_recipe_settings_are_checked(tmp_path):
@@ -145,3 +145,66 @@ def test_recipe_settings_are_checked(tmp_path):
     (tmp_path / "r.yaml").write_text("target: t\ntrain: {steps: 10, warmpu: 2}\n")
     with pytest.raises(ConfigError, match=r"unknown keys \['warmpu'\]"):
         Recipe.from_yaml(tmp_path / "r.yaml")
+
+
+@pytest.mark.parametrize("family", ["llama", "llama3-rope-scaling", "tinyllama-gqa"])
+def test_a_draft_model_exports_as_an_hf_directory_transformers_and_specjax_load(family, tmp_path):
+    """init_draft keeps the chosen target blocks; save_hf writes a directory whose logits in
+    transformers and in specjax equal the draft's own."""
+    import transformers as tf
+    from conftest import make_tiny_hf, torch_logits
+
+    from specjax.distill.draft import init_draft
+    from specjax.models.export import save_hf
+
+    torch_model = make_tiny_hf(family)
+    target = load(torch_model, progress=False)
+    draft = init_draft(target, (1, 0) if target.config.num_layers > 1 else (0,))
+    assert draft.config.num_layers == 2
+    np.testing.assert_array_equal(np.asarray(draft.module.blocks.q.value[0]), np.asarray(target.module.blocks.q.value[1]))
+    out = save_hf(draft, tmp_path / "draft")
+    tokens = np.random.default_rng(0).integers(0, draft.config.vocab_size, (2, 9))
+    positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
+    ours = np.asarray(draft.module(jnp.asarray(tokens), positions, draft.module.init_cache(2, 9))[0])
+    theirs = torch_logits(tf.AutoModelForCausalLM.from_pretrained(out).float().eval(), tokens, [9, 9])
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4)
+    again = load(out, progress=False)
+    np.testing.assert_allclose(np.asarray(again.module(jnp.asarray(tokens), positions, again.module.init_cache(2, 9))[0]),
+                               ours, rtol=1e-6, atol=1e-6)
+
+
+def test_draft_layers_are_checked():
+    from specjax.distill.draft import default_layers, init_draft
+    from specjax.errors import ConfigError
+
+    assert default_layers(30) == (0, 10, 19, 29) and default_layers(2) == (0, 1)
+    with pytest.raises(ConfigError, match=r"distinct block indices in \[0, 2\)"):
+        init_draft(tiny_lm(0, layers=2), (0, 2))
+
+
+@pytest.mark.parametrize("divergence", losses.DIVERGENCES)
+def test_a_tiny_draft_model_recipe_lowers_each_divergence_and_exports(divergence, recipe_setup, tmp_path):
+    """kind: draft_model: a two-layer draft of the three-layer tiny target trained under each divergence
+    (target logits computed in the step): the loss falls, held-out acceptance is measured, and the
+    exported HF directory runs as `model:` draft."""
+    import dataclasses
+
+    from specjax import api
+    from specjax.distill.train import run
+
+    recipe, target, base = recipe_setup
+    recipe = dataclasses.replace(recipe, kind="draft_model", draft_layers=(0, 2), divergence=divergence,
+                                 distill_temperature=0.8, beta=0.3, steps=12, lr=1e-2, warmup=2, log_every=2,
+                                 eval_every=12)
+    data = base / "whole" / "data"
+    if data.exists():  # the tiny EAGLE recipe's data set (built earlier in this module): reuse it
+        (tmp_path / "data").symlink_to(data)
+    summary = run(recipe, tmp_path, progress=False, target=target)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    train = [r["loss"] for r in log if r["event"] == "train"]
+    assert train[-1] < 0.9 * train[0], train
+    assert [r for r in log if r["event"] == "eval"][-1]["tokens_per_round"] >= 1
+    draft = load(summary["export"], progress=False)
+    res = api.generate(target, ["hello world"], draft=draft, gamma=3, max_new_tokens=8, chat=False)
+    plain = api.generate(target, ["hello world"], max_new_tokens=8, chat=False)
+    assert res.tokens == plain.tokens

@@ -196,9 +196,10 @@ class Dataset:
         for r in self.rows:
             yield self.sequence(r)[self.prompt_lengths[r]:]
 
-    def batch(self, rng: np.random.Generator, size: int, length: int) -> dict:
+    def batch(self, rng: np.random.Generator, size: int, length: int, *, features: bool = True) -> dict:
         """`size` random sequences cut to `length` tokens (a random window of longer ones), right-padded
-        -> numpy arrays for `ttt_loss`."""
+        -> numpy arrays for `ttt_loss` (without taps / top-k when `features` is False: a draft model's
+        training reads tokens only)."""
         n_taps, k = len(self.taps), self.topk_ids.shape[1]
         width = self.features.shape[1]
         out = {"tokens": np.zeros((size, length), np.int32),
@@ -206,6 +207,9 @@ class Dataset:
                "topk_ids": np.zeros((size, length, k), np.int32),
                "topk_logits": np.full((size, length, k), -1e30, np.float32),
                "prompt_lengths": np.zeros((size,), np.int32), "lengths": np.zeros((size,), np.int32)}
+        if not features:
+            for key in ("taps", "topk_ids", "topk_logits"):
+                del out[key]
         for j, r in enumerate(rng.choice(self.rows, size)):
             a, b, p = self.offsets[r], self.offsets[r + 1], self.prompt_lengths[r]
             n = b - a
@@ -213,9 +217,10 @@ class Dataset:
             lo, hi = a + start, min(b, a + start + length)
             m = hi - lo
             out["tokens"][j, :m] = self.tokens[lo:hi]
-            out["taps"][:, j, :m] = np.asarray(self.features[lo:hi], np.float32).reshape(m, n_taps, -1).transpose(1, 0, 2)
-            out["topk_ids"][j, :m] = self.topk_ids[lo:hi]
-            out["topk_logits"][j, :m] = self.topk_logits[lo:hi]
+            if features:
+                out["taps"][:, j, :m] = np.asarray(self.features[lo:hi], np.float32).reshape(m, n_taps, -1).transpose(1, 0, 2)
+                out["topk_ids"][j, :m] = self.topk_ids[lo:hi]
+                out["topk_logits"][j, :m] = self.topk_logits[lo:hi]
             out["prompt_lengths"][j] = max(p - start, 0)
             out["lengths"][j] = m
         return out

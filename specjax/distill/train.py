@@ -40,6 +40,7 @@ from specjax.errors import ConfigError
 class Recipe:
     name: str
     target: str
+    kind: str = "eagle3"  # "eagle3" (a head) or "draft_model" (a small model of the target's family)
     dtype: str = "float32"
     # data
     prompts: tuple = ()
@@ -51,8 +52,13 @@ class Recipe:
     top_k: int = 64
     heldout_share: float = 0.05
     # draft
-    draft_vocab: int = 8192
-    taps: tuple = ()
+    draft_vocab: int = 8192  # eagle3: the draft vocabulary's size
+    taps: tuple = ()  # eagle3: the target layers whose features the head reads (default (2, L/2, L-3))
+    draft_layers: tuple = ()  # draft_model: the target blocks it starts from (default: 4 spread out)
+    divergence: str = "forward_kl"  # draft_model: one of losses.DIVERGENCES
+    distill_temperature: float = 1.0  # draft_model: both distributions are compared at this temperature
+    beta: float = 0.5  # draft_model: JSD(beta)'s mixture weight
+    export_dtype: str = "float32"
     # training
     steps: int = 1000
     batch: int = 8
@@ -63,6 +69,7 @@ class Recipe:
     clip: float = 0.5
     ttt_steps: int = 5
     decay: float = 0.8
+    init_from_target: bool = True  # the head's LM head and final norm start as the target's (see warm_start)
     seed: int = 0
     log_every: int = 10
     eval_every: int = 250
@@ -80,6 +87,19 @@ class Recipe:
         if not isinstance(self.warmup, int) or not 0 <= self.warmup < self.steps:
             raise ConfigError(f"distill recipe {self.name!r}: warmup must be an integer in [0, steps = {self.steps}), "
                               f"got {self.warmup!r}")
+        if self.kind not in ("eagle3", "draft_model"):
+            raise ConfigError(f"distill recipe {self.name!r}: kind must be 'eagle3' or 'draft_model', got {self.kind!r}")
+        from specjax.distill.losses import DIVERGENCES
+
+        if self.divergence not in DIVERGENCES:
+            raise ConfigError(f"distill recipe {self.name!r}: divergence {self.divergence!r} is not one of "
+                              f"{', '.join(DIVERGENCES)}")
+        if self.distill_temperature <= 0 or not 0 < self.beta < 1:
+            raise ConfigError(f"distill recipe {self.name!r}: distill_temperature must be > 0 and beta in (0, 1) "
+                              f"(got {self.distill_temperature}, {self.beta})")
+        if self.export_dtype not in ("float32", "float16", "bfloat16"):
+            raise ConfigError(f"distill recipe {self.name!r}: export_dtype must be float32, float16 or bfloat16, "
+                              f"got {self.export_dtype!r}")
         if not 0.0 <= self.heldout_share < 1.0:
             raise ConfigError(f"distill recipe {self.name!r}: heldout_share must lie in [0, 1), got {self.heldout_share}")
         if self.lr <= 0 or self.clip <= 0 or not 0 < self.decay <= 1 or self.temperature < 0:
@@ -106,9 +126,12 @@ class Recipe:
         unknown = sorted(set(flat) - fields)
         if unknown:
             raise ConfigError(f"distill recipe {path}: unknown keys {unknown}; known: {sorted(fields)}")
-        for key in ("prompts", "heldout_prompts", "taps"):
+        for key in ("prompts", "heldout_prompts"):
             if key in flat:
-                flat[key] = tuple(_resolve(p, path.parent) for p in flat[key]) if key != "taps" else tuple(flat[key])
+                flat[key] = tuple(_resolve(p, path.parent) for p in flat[key])
+        for key in ("taps", "draft_layers"):
+            if key in flat:
+                flat[key] = tuple(flat[key])
         flat.setdefault("name", path.stem)
         if "target" not in flat:
             raise ConfigError(f"distill recipe {path}: 'target' is required")
@@ -172,6 +195,21 @@ def build_vocab(recipe: Recipe, train_set, heldout_set, vocab_size: int, eos_ids
     return target_ids
 
 
+def warm_start(head, target_module) -> None:
+    """Start the head's LM head as the target's output projection restricted to the draft vocabulary
+    (columns target_ids), and its final norm as the target's where both are plain RMSNorms: the head
+    then begins in the target's output geometry instead of learning the projection (4.7M weights for
+    an 8k vocabulary of width 576) from scratch. Nothing is copied when the widths differ."""
+    tcfg = target_module.config
+    if head.config.dim != tcfg.dim:
+        return
+    ids = jnp.asarray(head.target_ids.value)
+    table = target_module.embed.value.T if tcfg.tie_embeddings else target_module.lm_head.value  # [D, V]
+    head.lm_head.value = jnp.take(table, ids, axis=1).astype(head.lm_head.value.dtype)
+    if tcfg.norm == "rms":
+        head.final_norm.scale.value = target_module.final_norm.scale.value.astype(head.final_norm.scale.value.dtype)
+
+
 def make_optimizer(recipe: Recipe):
     import optax
 
@@ -204,31 +242,61 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
     full = Dataset(data_dir)
     train_rows, held_rows = split_rows(len(full), recipe.heldout_share, recipe.seed)
     train_set, held_set = Dataset(data_dir, train_rows), Dataset(data_dir, held_rows)
-    eos = tuple(target.tokenizer.eos_ids) if getattr(target, "tokenizer", None) is not None else ()
-    target_ids = build_vocab(recipe, train_set, held_set, tcfg.vocab_size, eos, out)
+    if recipe.kind == "eagle3":
+        eos = tuple(target.tokenizer.eos_ids) if getattr(target, "tokenizer", None) is not None else ()
+        target_ids = build_vocab(recipe, train_set, held_set, tcfg.vocab_size, eos, out)
+        head = random_head(head_config_for(tcfg, draft_vocab_size=len(target_ids), taps=taps), seed=recipe.seed,
+                           target_ids=target_ids, dtype=recipe.dtype)
+        if recipe.init_from_target:
+            warm_start(head, target.module)
+        graphdef, params, rest = nnx.split(head, nnx.Param, ...)
+        draft_index = np.full((tcfg.vocab_size,), -1, np.int32)
+        draft_index[target_ids] = np.arange(len(target_ids))
+        # the embedding table and the id map are arguments, not constants baked into the compiled step
+        aux = (target.module.embed.value, jnp.asarray(draft_index))
 
-    head = random_head(head_config_for(tcfg, draft_vocab_size=len(target_ids), taps=taps), seed=recipe.seed,
-                       target_ids=target_ids, dtype=recipe.dtype)
-    graphdef, params, rest = nnx.split(head, nnx.Param, ...)
-    embed_table = target.module.embed.value
-    draft_index = np.full((tcfg.vocab_size,), -1, np.int32)
-    draft_index[target_ids] = np.arange(len(target_ids))
-    draft_index = jnp.asarray(draft_index)
+        def loss_fn(p, batch, aux):
+            return ttt_loss(nnx.merge(graphdef, p, rest), aux[0], batch, steps=recipe.ttt_steps, decay=recipe.decay,
+                            draft_index_v=aux[1])
+
+        def as_draft(p):
+            return nnx.merge(graphdef, p, rest)
+
+        def export(p) -> Path:
+            return save_eagle(as_draft(p), out / "head", dtype=recipe.export_dtype)
+    else:
+        from specjax.distill.draft import default_layers, distill_loss, init_draft
+        from specjax.models import LoadedModel
+        from specjax.models.export import save_hf
+
+        layers = recipe.draft_layers or default_layers(tcfg.num_layers)
+        start = init_draft(target, layers)
+        graphdef, params, rest = nnx.split(start.module, nnx.Param, ...)
+        target_graph, target_state = nnx.split(target.module)
+        aux = target_state  # the target's weights: an argument of the step, not a constant
+
+        def loss_fn(p, batch, aux):
+            return distill_loss(nnx.merge(graphdef, p, rest), nnx.merge(target_graph, aux), batch,
+                                divergence=recipe.divergence, temperature=recipe.distill_temperature,
+                                beta=recipe.beta)
+
+        def as_draft(p):
+            return LoadedModel(name=start.name, module=nnx.merge(graphdef, p, rest), tokenizer=target.tokenizer)
+
+        def export(p) -> Path:
+            return save_hf(as_draft(p), out / "draft", dtype=recipe.export_dtype)
+
     optimizer = make_optimizer(recipe)
     opt_state = optimizer.init(params)
 
-    # the embedding table and the id map are arguments, not constants baked into the compiled step
-    def loss_fn(p, batch, embed_table, draft_index):
-        return ttt_loss(nnx.merge(graphdef, p, rest), embed_table, batch, steps=recipe.ttt_steps, decay=recipe.decay,
-                        draft_index_v=draft_index)
-
     @jax.jit
-    def train_step(p, opt_state, batch, embed_table, draft_index):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, batch, embed_table, draft_index)
+    def train_step(p, opt_state, batch, aux):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, batch, aux)
         updates, opt_state = optimizer.update(grads, opt_state, p)
         return optax.apply_updates(p, updates), opt_state, loss, metrics
 
     eval_loss = jax.jit(loss_fn)
+    features = recipe.kind == "eagle3"  # a draft model reads tokens only
 
     manager = ocp.CheckpointManager(out / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2))
     step = 0
@@ -241,11 +309,11 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
 
     def evaluate(p) -> dict:
         rng = np.random.default_rng([recipe.seed, 99])
-        losses = [float(eval_loss(p, held_set.batch(rng, recipe.batch, recipe.length), embed_table, draft_index)[0])
+        losses = [float(eval_loss(p, held_set.batch(rng, recipe.batch, recipe.length, features=features), aux)[0])
                   for _ in range(2)]
         record = {"event": "eval", "step": step, "heldout_loss": float(np.mean(losses))}
         if heldout:
-            trained = nnx.merge(graphdef, p, rest)
+            trained = as_draft(p)
             stats = {"accepted": 0, "drafted": 0, "rounds": 0, "tokens": 0}
             for chat in (True, False):
                 texts = [t for t, c in heldout if c == chat]
@@ -267,8 +335,9 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
     started, tokens_seen, done_here = time.perf_counter(), 0, 0
     log = out / "log.jsonl"
     while step < recipe.steps and (stop_after is None or done_here < stop_after):
-        batch = train_set.batch(np.random.default_rng([recipe.seed, step]), recipe.batch, recipe.length)
-        params, opt_state, loss, metrics = train_step(params, opt_state, batch, embed_table, draft_index)
+        batch = train_set.batch(np.random.default_rng([recipe.seed, step]), recipe.batch, recipe.length,
+                                features=features)
+        params, opt_state, loss, metrics = train_step(params, opt_state, batch, aux)
         step += 1
         done_here += 1
         tokens_seen += int(batch["lengths"].sum())
@@ -286,10 +355,9 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
             bar.write(json.dumps(record))
     bar.close()
     manager.wait_until_finished()
-    trained = nnx.merge(graphdef, params, rest)
-    summary = {"step": step, "out": str(out), "train_seconds": time.perf_counter() - started}
+    trained = as_draft(params)
+    summary = {"kind": recipe.kind, "step": step, "out": str(out), "train_seconds": time.perf_counter() - started}
     if step >= recipe.steps:
-        save_eagle(trained, out / "head")
-        summary["head"] = str(out / "head")
+        summary["export"] = str(export(params))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return {**summary, "head_module": trained}
+    return {**summary, "draft": trained}
