@@ -8,7 +8,8 @@ DEMO_STAMP := $(VENV)/.specjax-demo
 # Tests run on both cores: two pytest-xdist workers, each single-threaded (XLA and torch), so they
 # do not fight over the cores; each test file runs whole on one worker (tests/conftest.py schedules
 # them). `slow` tests (minutes each: the every-drafter bench run) are left to `make test-all`.
-PYTEST := XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" OMP_NUM_THREADS=1 \
+# (XLA stops reading XLA_FLAGS at the first word that is not a --flag: keep it to flags only.)
+PYTEST := XLA_FLAGS="--xla_cpu_multi_thread_eigen=false" OMP_NUM_THREADS=1 \
 	$(BIN)/python -m pytest -q -ra -n 2
 
 .PHONY: demo test test-fast test-all install clean

@@ -56,6 +56,17 @@ def pytest_collection_modifyitems(config, items):
                                  "real_model_cache" not in item.fixturenames))
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Tiny-model tests compile with XLA's optimisations mostly off (`jax_disable_most_optimizations`:
+    about half the compile time of a decoding loop, and their runtime is negligible); tests marked
+    `real` compile fully optimised programs, which run SmolLM2 about 2.6x faster. Set before the
+    test's fixtures are built, and in the environment for the processes a test starts."""
+    fast_compile = item.get_closest_marker("real") is None
+    jax.config.update("jax_disable_most_optimizations", fast_compile)
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1" if fast_compile else "0"
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drop compiled programs after each test module: every CPU executable holds memory mappings,

@@ -217,7 +217,7 @@ MIXED = [GREEDY, SamplingConfig(temperature=0.7), SamplingConfig(temperature=1.0
 PER_SETTING = 12_000
 
 
-@pytest.mark.parametrize("drafter", ["model", "ngram:2"])
+@pytest.mark.parametrize("drafter", ["model", pytest.param("ngram:2", marks=pytest.mark.slow)])  # ngram: test-all
 def test_each_row_follows_its_own_setting_in_a_mixed_batch(models, drafter):
     target, draft = models
     index = sample_rows(target, draft if drafter == "model" else drafter, MIXED * PER_SETTING, seed=3)

@@ -54,8 +54,12 @@ def test_greedy_speculative_equals_autoregressive(target, drafts, ar_tokens, gam
         assert result.stats["target_forward_passes"] < 40
 
 
-@pytest.mark.parametrize("gamma", [1, 4, 7])
-@pytest.mark.parametrize("drafter", ["layerskip:1", "layerskip:1:own", "layerskip:2", "ngram:3"])
+# make test runs each drafter at one or two windows (the test budget); make test-all at every one.
+FAST_WINDOWS = {"layerskip:1": (1, 7), "layerskip:1:own": (4,), "layerskip:2": (4,), "ngram:3": (1, 7)}
+
+
+@pytest.mark.parametrize("drafter,gamma", [
+    pytest.param(d, g, marks=() if g in FAST_WINDOWS[d] else pytest.mark.slow) for d in FAST_WINDOWS for g in (1, 4, 7)])
 def test_greedy_speculative_equals_autoregressive_for_every_drafter(target, ar_tokens, gamma, drafter):
     result = api.generate(target, PROMPTS, draft=drafter, gamma=gamma, max_new_tokens=40)
     assert result.tokens == ar_tokens
@@ -198,7 +202,8 @@ MIXED_PROMPTS = PROMPTS + PROMPTS
 MIXED_SAMPLING = [SamplingConfig()] * len(PROMPTS) + [SamplingConfig(temperature=1.0, top_k=20)] * len(PROMPTS)
 
 
-@pytest.mark.parametrize("inner,verify", [("layerskip:1", "batched"), ("ngram:2", "batched"),
+@pytest.mark.parametrize("inner,verify", [("layerskip:1", "batched"),
+                                          pytest.param("ngram:2", "batched", marks=pytest.mark.slow),  # test-all
                                           ("layerskip:1", "stepwise")], ids=["layerskip", "ngram", "stepwise"])
 def test_observe_receives_the_verified_round_and_the_targets_features(inner, verify):
     """Greedy and sampled rows in one batch; also for the stepwise verify pass, whose logits and taps

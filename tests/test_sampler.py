@@ -177,7 +177,7 @@ MIXED = [SamplingConfig(), SamplingConfig(temperature=0.7), SamplingConfig(tempe
 MIXED_PROMPTS = [[1, 2, 3, 1, 2, 3, 1], [9, 8, 7], [20, 21, 22, 23, 20, 21], [40, 41]]
 
 
-@pytest.mark.parametrize("drafter", [None, "ngram:2", "model"])
+@pytest.mark.parametrize("drafter", [pytest.param(None, marks=pytest.mark.slow), "ngram:2", "model"])  # None: test-all
 def test_each_row_of_a_mixed_batch_equals_that_row_run_alone(target, drafter):
     """Row b's randomness is keyed by its own seed only (`sampler.row_keys`): a batch with a different
     setting, length and seed per row gives every row what it gives alone."""

@@ -117,6 +117,7 @@ WATER = "Describe the water cycle step by step."
 POEM = "Write a short poem about the sea at night."  # bf16 plain parts from f32 plain here at token 8
 
 
+@pytest.mark.slow  # make test-all (the test budget); make test keeps the bit-for-bit stepwise check below
 def test_bfloat16_greedy_parts_from_plain_only_at_near_ties(smollm2, smollm2_bf16):
     """A small version of the bf16 exactness check (BENCHMARKS.md runs 50 prompts x 128 tokens): with
     the default batched verify, every prompt where greedy speculative output differs from bf16 plain
