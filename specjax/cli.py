@@ -200,7 +200,7 @@ def _cmd_demo(args) -> int:
     """Plain and speculative decoding of one prompt, side by side, after one warm-up call each."""
     from specjax import validate
     from specjax.drafters import registry
-    from specjax.models import load
+    from specjax.models import load, load_eagle
     from specjax.sampler import Sampler
 
     validate.integer("--max-new-tokens", args.max_new_tokens, low=1)
@@ -209,7 +209,8 @@ def _cmd_demo(args) -> int:
     target = load(args.target, progress=True)
     runs = {}
     for name, drafter in (("plain", None), (f"speculative ({args.drafter}, G = {args.gamma})", args.drafter)):
-        sampler = Sampler(target, drafter, gamma=args.gamma)
+        sampler = Sampler(target, drafter, gamma=args.gamma, load_model=lambda n: load(n, progress=True),
+                          load_head=lambda path: load_eagle(path, dtype=target.module.dtype))
         first = sampler([args.prompt], max_new_tokens=args.max_new_tokens, chat=True)  # compiles
         timed = sampler([args.prompt], max_new_tokens=args.max_new_tokens, chat=True)
         runs[name] = (first, timed)

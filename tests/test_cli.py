@@ -183,3 +183,29 @@ def test_bad_bench_configs_are_named(tmp_path, capsys, content, message):
     assert main(["bench", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and str(path) in err and "Traceback" not in err
+
+
+def test_demo_gives_the_sampler_loaders_for_model_and_eagle_drafters(monkeypatch, capsys):
+    """`specjax demo --drafter eagle:NAME` (or model:NAME) needs the loaders `generate` passes; without
+    them the Sampler refuses the drafter string (a bug found running the shipped head in the demo)."""
+    import specjax.models
+    import specjax.sampler
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, target, draft=None, **kwargs):
+            seen.append((draft, kwargs))
+            if draft is not None:
+                raise SystemExit(0)
+
+        def __call__(self, *args, **kwargs):
+            return None
+
+    monkeypatch.setattr(specjax.sampler, "Sampler", Recorder)
+    monkeypatch.setattr(specjax.models, "load", lambda *a, **k: None)
+    for drafter in ("eagle:smollm2-135m-instruct-eagle3", "model:some-draft"):
+        with pytest.raises(SystemExit):
+            main(["demo", "--target", "t", "--drafter", drafter])
+        draft, kwargs = seen[-1]
+        assert draft == drafter and callable(kwargs.get("load_head")) and callable(kwargs.get("load_model"))

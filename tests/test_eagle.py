@@ -316,3 +316,22 @@ def test_config_validation():
     with pytest.raises(ConversionError, match="draft_vocab_size"):
         Eagle3Config(dim=8, target_dim=8, mlp_dim=8, num_heads=2, num_kv_heads=1, head_dim=4, vocab_size=10,
                      draft_vocab_size=11, rope=RopeConfig(theta=1e4))
+
+
+def test_the_built_in_head_is_in_the_package_small_and_fits_smollm2():
+    """models/heads/smollm2-135m-instruct-eagle3: at most 25 MB, loadable by name, shaped for SmolLM2
+    (width 576, vocabulary 49152, taps inside its 30 layers), with an injective draft vocabulary."""
+    from specjax.models import BUILTIN_HEADS, head_path
+
+    name = "smollm2-135m-instruct-eagle3"
+    assert BUILTIN_HEADS[name] == "smollm2-135m-instruct"
+    directory = head_path(name)
+    size = sum(f.stat().st_size for f in directory.iterdir())
+    assert size <= 25 * 2**20, f"{size / 2**20:.1f} MB"
+    head = load_eagle(name)
+    cfg = head.config
+    assert (cfg.dim, cfg.target_dim, cfg.vocab_size) == (576, 576, 49152)
+    assert all(0 <= t <= 30 for t in cfg.taps_for(30))
+    ids = np.asarray(head.target_ids.value)
+    assert len(np.unique(ids)) == cfg.draft_vocab_size and ids.max() < 49152
+    assert head_path("some/dir") == __import__("pathlib").Path("some/dir")
