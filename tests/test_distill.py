@@ -244,3 +244,28 @@ def test_a_tiny_draft_model_recipe_trains_and_exports_a_model_draft(recipe_setup
     res = api.generate(target, ["hello world"], draft=draft, gamma=3, max_new_tokens=8, chat=False)
     plain = api.generate(target, ["hello world"], max_new_tokens=8, chat=False)
     assert res.tokens == plain.tokens
+
+
+def test_the_loss_counts_prompt_positions_only_when_asked():
+    """ttt_loss(on_prompt=True) also trains on the target's distribution at prompt positions; with no
+    prompt the two masks are the same."""
+    from specjax.distill.eagle import ttt_loss
+
+    target = tiny_lm(0, vocab=16, layers=2)
+    head = random_head(head_config_for(target.module.config, draft_vocab_size=16, taps=(0, 1, 2)), seed=1, scale=3.0)
+    rng = np.random.default_rng(0)
+    B, T, k = 2, 9, 4
+    logits = rng.normal(size=(B, T, 16)) * 3
+    top = np.argsort(-logits, -1)[..., :k]
+    batch = {"tokens": jnp.asarray(rng.integers(0, 16, (B, T)), jnp.int32),
+             "taps": jnp.asarray(rng.normal(size=(3, B, T, 32)), jnp.float32),
+             "topk_ids": jnp.asarray(top, jnp.int32), "topk_logits": jnp.asarray(np.take_along_axis(logits, top, -1)),
+             "prompt_lengths": jnp.asarray([5, 4], jnp.int32), "lengths": jnp.asarray([9, 9], jnp.int32)}
+    index = jnp.arange(16, dtype=jnp.int32)
+
+    def loss(b, on_prompt):
+        return float(ttt_loss(head, target.module.embed.value, b, steps=2, draft_index_v=index, on_prompt=on_prompt)[0])
+
+    assert loss(batch, True) != pytest.approx(loss(batch, False), rel=1e-4)
+    no_prompt = dict(batch, prompt_lengths=jnp.asarray([0, 0], jnp.int32))
+    assert loss(no_prompt, True) == pytest.approx(loss(no_prompt, False), rel=1e-6)

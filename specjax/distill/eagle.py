@@ -16,8 +16,9 @@ is the draft cache of decoding.
 The loss at step u and entry t is the soft cross-entropy between the target's distribution at
 position t + 1 + u, restricted to the draft vocabulary (from its stored top-k logits), and the
 head's distribution over the draft vocabulary, weighted by decay**u; entries count when the
-predicted token lies in the response (not the prompt), exists, and the target's top token is in the
-draft vocabulary (elsewhere only the residual can produce it: nothing to learn).
+predicted token lies in the response (or anywhere past the first token with `on_prompt`), exists,
+and the target's top token is in the draft vocabulary (elsewhere only the residual can produce it:
+nothing to learn).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def ttt_outputs(head, embed_table, taps_nbte, tokens_bt, steps: int):
     return jnp.stack(outs)
 
 
-def ttt_loss(head, embed_table, batch, *, steps: int, decay: float = 0.8, draft_index_v=None):
+def ttt_loss(head, embed_table, batch, *, steps: int, decay: float = 0.8, draft_index_v=None, on_prompt: bool = False):
     """-> (loss, metrics). batch: tokens [B,T], taps [n,B,T,E], topk_ids / topk_logits [B,T,k] (the
     target's top-k at every position; -inf for none), prompt_lengths [B], lengths [B].
     draft_index_v [V]: draft id of each target id, -1 outside the draft vocabulary."""
@@ -87,7 +88,8 @@ def ttt_loss(head, embed_table, batch, *, steps: int, decay: float = 0.8, draft_
         p_bek = jax.nn.softmax(target_bek, axis=-1)
         ce_be = -jnp.sum(jnp.where(in_draft, p_bek * draft_bek, 0.0), axis=-1)
         top_in_draft = in_draft[..., 0]  # top-k comes sorted: entry 0 is the target's argmax
-        valid_be = ((pos_be + 1 >= batch["prompt_lengths"][:, None]) & (pos_be + 1 < batch["lengths"][:, None])
+        first = 1 if on_prompt else batch["prompt_lengths"][:, None]  # the first predicted token that counts
+        valid_be = ((pos_be + 1 >= first) & (pos_be + 1 < batch["lengths"][:, None])
                     & top_in_draft)
         count = jnp.maximum(valid_be.sum(), 1)
         step_loss = jnp.sum(jnp.where(valid_be, ce_be, 0.0)) / count

@@ -69,6 +69,7 @@ class Recipe:
     clip: float = 0.5
     ttt_steps: int = 5
     decay: float = 0.8
+    loss_on_prompt: bool = False  # the loss also counts prompt positions (the target's distribution is defined there)
     init_from_target: bool = True  # the head's LM head and final norm start as the target's (see warm_start)
     seed: int = 0
     log_every: int = 10
@@ -257,7 +258,7 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
 
         def loss_fn(p, batch, aux):
             return ttt_loss(nnx.merge(graphdef, p, rest), aux[0], batch, steps=recipe.ttt_steps, decay=recipe.decay,
-                            draft_index_v=aux[1])
+                            draft_index_v=aux[1], on_prompt=recipe.loss_on_prompt)
 
         def as_draft(p):
             return nnx.merge(graphdef, p, rest)
