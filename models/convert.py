@@ -55,6 +55,16 @@ def family_for(hf_config: dict, origin: str = "config") -> Family:
     )
 
 
+def storage_dtype(dtype, what: str):
+    """float32 / float16 / bfloat16 (a name or dtype) -> the numpy type a writer stores weights in."""
+    import ml_dtypes
+
+    store = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}.get(str(jnp.dtype(dtype)))
+    if store is None:
+        raise ConversionError(f"{what}: dtype {dtype!r} must be float32, float16 or bfloat16")
+    return store
+
+
 def resolve_dtype(dtype) -> Any:
     """A dtype name ("float32", "f32", "bfloat16", "bf16") or a dtype -> the jnp dtype."""
     if isinstance(dtype, str):
@@ -184,11 +194,20 @@ def truncate(model: LoadedModel, layers: int) -> LoadedModel:
     cfg = model.config
     if not 1 <= layers <= cfg.num_layers:
         raise ConversionError(f"layers must be in [1, {cfg.num_layers}], got {layers}")
-    small = dataclasses.replace(cfg, num_layers=layers, layer_kinds=cfg.layer_kinds[:layers])
-    pure = nnx.to_pure_dict(nnx.state(model.module, nnx.Param))
-    pure["blocks"] = jax.tree.map(lambda a: np.asarray(a)[:layers], pure["blocks"])
-    return LoadedModel(name=f"{model.name}[:{layers}]", module=build_model(small, pure, model.module.dtype),
+    return LoadedModel(name=f"{model.name}[:{layers}]", module=select_blocks(model.module, range(layers)),
                        tokenizer=model.tokenizer)
+
+
+def select_blocks(module: Transformer, blocks) -> Transformer:
+    """A separate Transformer (a copy) of `module`'s embedding, the blocks at indices `blocks` in that
+    order, its final norm and head. The caller checks the indices."""
+    blocks = list(blocks)
+    cfg = module.config
+    small = dataclasses.replace(cfg, num_layers=len(blocks),
+                                layer_kinds=tuple(cfg.layer_kinds[i] for i in blocks) if cfg.layer_kinds else ())
+    pure = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+    pure["blocks"] = jax.tree.map(lambda a: np.asarray(a)[blocks], pure["blocks"])
+    return build_model(small, pure, module.dtype)
 
 
 def iter_params(model: LoadedModel) -> Iterable[tuple[tuple, jax.Array]]:

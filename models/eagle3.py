@@ -360,12 +360,11 @@ def load_eagle(path, *, dtype=jnp.float32) -> Eagle3Head:
 def save_eagle(head: Eagle3Head, path, *, dtype="float32") -> Path:
     """Write `head` as a community-layout directory: config.json and model.safetensors (weights in
     `dtype`: float32, float16 or bfloat16; d2t int64, t2d bool)."""
-    import ml_dtypes
     from safetensors.numpy import save_file
 
-    store = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}.get(str(jnp.dtype(dtype)))
-    if store is None:
-        raise ConversionError(f"save_eagle: dtype {dtype!r} must be float32, float16 or bfloat16")
+    from .convert import storage_dtype
+
+    store = storage_dtype(dtype, "save_eagle")
     cfg = head.config
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import numpy as np
 
 from specjax.errors import ConversionError
 
-from .convert import LoadedModel
+from .convert import LoadedModel, storage_dtype
 from .family import rope_to_hf
 from .llama import FAMILY as LLAMA
 
@@ -74,12 +74,9 @@ def hf_state(model: LoadedModel) -> dict[str, np.ndarray]:
 
 def save_hf(model: LoadedModel, path, *, dtype="float32") -> Path:
     """Write `model` as an HF directory under `path` (weights in `dtype`: float32, float16, bfloat16)."""
-    import ml_dtypes
     from safetensors.numpy import save_file
 
-    store = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}.get(str(jnp.dtype(dtype)))
-    if store is None:
-        raise ConversionError(f"save_hf: dtype {dtype!r} must be float32, float16 or bfloat16")
+    store = storage_dtype(dtype, "save_hf")
     config = config_to_hf(model.config, model.tokenizer)
     config["torch_dtype"] = str(jnp.dtype(dtype))
     directory = Path(path)

@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 from specjax.errors import SpecJaxError
 
@@ -79,7 +78,7 @@ def _check_generate_args(args):
 
 
 def _cmd_generate(args) -> int:
-    from specjax.models import load, load_eagle
+    from specjax.models import load
     from specjax.sampler import Sampler
 
     sampling, drafter = getattr(args, "checked", None) or _check_generate_args(args)
@@ -99,8 +98,7 @@ def _cmd_generate(args) -> int:
                               "(all processes' devices; on CPU --local-devices N exposes N)")
         mesh = make_mesh(data, model)
     sampler = Sampler(target, drafter, gamma=args.gamma, mesh=mesh, verify=args.verify,
-                      load_model=lambda name: load(name, dtype=args.dtype, progress=not args.json),
-                      load_head=lambda path: load_eagle(path, dtype=target.module.dtype))
+                      **_loaders(target, args.dtype, progress=not args.json))
     load_s = time.perf_counter() - start
     result = sampler(prompts, sampling=sampling, max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat)
     result.timing["load_s"] = load_s
@@ -196,11 +194,19 @@ DEMO_PROMPT = (
 )
 
 
+def _loaders(target, dtype, *, progress: bool) -> dict:
+    """The Sampler's loaders for `model:NAME` and `eagle:DIR` drafter strings (a head in the target's dtype)."""
+    from specjax.models import load, load_eagle
+
+    return {"load_model": lambda name: load(name, dtype=dtype, progress=progress),
+            "load_head": lambda path: load_eagle(path, dtype=target.module.dtype)}
+
+
 def _cmd_demo(args) -> int:
     """Plain and speculative decoding of one prompt, side by side, after one warm-up call each."""
     from specjax import validate
     from specjax.drafters import registry
-    from specjax.models import load, load_eagle
+    from specjax.models import load
     from specjax.sampler import Sampler
 
     validate.integer("--max-new-tokens", args.max_new_tokens, low=1)
@@ -209,8 +215,7 @@ def _cmd_demo(args) -> int:
     target = load(args.target, progress=True)
     runs = {}
     for name, drafter in (("plain", None), (f"speculative ({args.drafter}, G = {args.gamma})", args.drafter)):
-        sampler = Sampler(target, drafter, gamma=args.gamma, load_model=lambda n: load(n, progress=True),
-                          load_head=lambda path: load_eagle(path, dtype=target.module.dtype))
+        sampler = Sampler(target, drafter, gamma=args.gamma, **_loaders(target, None, progress=True))
         first = sampler([args.prompt], max_new_tokens=args.max_new_tokens, chat=True)  # compiles
         timed = sampler([args.prompt], max_new_tokens=args.max_new_tokens, chat=True)
         runs[name] = (first, timed)

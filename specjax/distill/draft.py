@@ -12,11 +12,8 @@ Axes: B sequences, T tokens, V the vocabulary.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from specjax.errors import ConfigError
 from specjax.distill import losses
@@ -28,24 +25,18 @@ def default_layers(num_layers: int, count: int = 4) -> tuple[int, ...]:
     return tuple(sorted({int(round(i * (num_layers - 1) / max(count - 1, 1))) for i in range(count)}))
 
 
-def init_draft(target, layers) -> "LoadedModel":  # noqa: F821
-    """A draft LoadedModel made of `target`'s embedding, blocks `layers` (in that order), final norm
+def init_draft(target, layers):
+    """-> a draft LoadedModel made of `target`'s embedding, blocks `layers` (in that order), final norm
     and LM head (copies). Shares the target's tokenizer."""
-    from flax import nnx
-
     from specjax.models import LoadedModel
-    from specjax.models.convert import build_model
+    from specjax.models.convert import select_blocks
 
     cfg = target.module.config
     layers = tuple(int(i) for i in layers)
     if not layers or any(not 0 <= i < cfg.num_layers for i in layers) or len(set(layers)) != len(layers):
         raise ConfigError(f"draft layers {list(layers)} must be distinct block indices in [0, {cfg.num_layers})")
-    small = dataclasses.replace(cfg, num_layers=len(layers),
-                                layer_kinds=tuple(cfg.layer_kinds[i] for i in layers) if cfg.layer_kinds else ())
-    pure = nnx.to_pure_dict(nnx.state(target.module, nnx.Param))
-    pure["blocks"] = jax.tree.map(lambda a: np.asarray(a)[list(layers)], pure["blocks"])
-    module = build_model(small, pure, target.module.dtype)
-    return LoadedModel(name=f"{getattr(target, 'name', 'target')}-draft{len(layers)}", module=module, tokenizer=getattr(target, "tokenizer", None))
+    return LoadedModel(name=f"{getattr(target, 'name', 'target')}-draft{len(layers)}",
+                       module=select_blocks(target.module, layers), tokenizer=getattr(target, "tokenizer", None))
 
 
 def _logits(module, tokens_bt):
@@ -65,8 +56,6 @@ def distill_loss(draft_module, target_module, batch, *, divergence: str, tempera
     B, T = tokens_bt.shape
     p_btv = jax.lax.stop_gradient(_logits(target_module, tokens_bt))
     q_btv = _logits(draft_module, tokens_bt)
-    V = min(p_btv.shape[-1], q_btv.shape[-1])
-    p_btv, q_btv = p_btv[..., :V], q_btv[..., :V]
     per_bt = losses.divergence(divergence, p_btv, q_btv, temperature, beta)
     nxt = jnp.arange(T)[None] + 1
     valid_bt = (nxt >= batch["prompt_lengths"][:, None]) & (nxt < batch["lengths"][:, None])
