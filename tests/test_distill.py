@@ -231,14 +231,15 @@ def test_a_tiny_draft_model_recipe_trains_and_exports_a_model_draft(recipe_setup
     recipe, target, base = recipe_setup
     recipe = dataclasses.replace(recipe, kind="draft_model", draft_layers=(0, 2), divergence="jsd",
                                  distill_temperature=0.8, beta=0.3, steps=12, lr=1e-2, warmup=2, log_every=2,
-                                 eval_every=12)
+                                 eval_every=4)
     data = base / "whole" / "data"
     if data.exists():  # the tiny EAGLE recipe's data set (built earlier in this module): reuse it
         (tmp_path / "data").symlink_to(data)
     summary = run(recipe, tmp_path, progress=False, target=target)
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    train = [r["loss"] for r in log if r["event"] == "train"]
-    assert train[-1] < 0.9 * train[0], train
+    # held-out loss on the same fixed batches at steps 4, 8 and 12 (training-batch losses differ by batch)
+    held = [r["heldout_loss"] for r in log if r["event"] == "eval"]
+    assert len(held) == 3 and held[-1] < 0.95 * held[0], held
     assert [r for r in log if r["event"] == "eval"][-1]["tokens_per_round"] >= 1
     draft = load(summary["export"], progress=False)
     res = api.generate(target, ["hello world"], draft=draft, gamma=3, max_new_tokens=8, chat=False)
