@@ -270,3 +270,93 @@ def test_the_loss_counts_prompt_positions_only_when_asked():
     assert loss(batch, True) != pytest.approx(loss(batch, False), rel=1e-4)
     no_prompt = dict(batch, prompt_lengths=jnp.asarray([0, 0], jnp.int32))
     assert loss(no_prompt, True) == pytest.approx(loss(no_prompt, False), rel=1e-6)
+
+
+def _chat_model(hf_dir, eos_ids=None):
+    """The tiny model with a chat template (and, optionally, other EOS ids) on a copy of its tokenizer."""
+    import copy
+    import types
+
+    target = load(hf_dir, progress=False)
+    tok = copy.copy(target.tokenizer)
+    tok.chat_template = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s>{% endfor %}"
+                         "{% if add_generation_prompt %}<s> assistant :{% endif %}")
+    if eos_ids is not None:
+        tok.eos_ids = tuple(eos_ids)
+    return types.SimpleNamespace(module=target.module, tokenizer=tok), target
+
+
+def test_self_written_prompts_are_the_targets_own_finished_user_messages(hf_dir):
+    from specjax.config import SamplingConfig
+    from specjax.distill.data import generate_self_prompts, user_turn_prefix
+    from specjax.errors import ConfigError
+    from specjax.sampler import Sampler
+
+    # an eighth of the vocabulary ends a message: some messages finish within 6 tokens, some do not
+    chat, plain = _chat_model(hf_dir, eos_ids=range(0, 64, 8))
+    prefix = user_turn_prefix(chat.tokenizer)
+    assert prefix == chat.tokenizer.encode("<s> user :", add_bos=False)
+    got = generate_self_prompts(chat, 24, max_tokens=6, seed=3, batch=8, progress=False)
+    # the same draws made directly: messages that ended in an EOS id, decoded, stripped, first copy kept
+    seeds = [int(np.random.SeedSequence([3, 1, r]).generate_state(1)[0]) for r in range(24)]
+    eos = set(chat.tokenizer.eos_ids)
+    sampler, want, unfinished = Sampler(chat, None), [], 0
+    for start in range(0, 24, 8):
+        res = sampler([prefix] * 8, sampling=SamplingConfig(temperature=1.0, top_p=0.95), max_new_tokens=6,
+                      seed=seeds[start:start + 8], eos_ids=sorted(eos))
+        for toks in res.tokens:
+            finished = bool(toks) and toks[-1] in eos
+            unfinished += not finished
+            text = chat.tokenizer.decode(toks[:-1]).strip() if finished else ""
+            if text and (text, True) not in want:
+                want.append((text, True))
+    assert got == want
+    assert unfinished > 0 and len(want) > 0  # both cases occur: the filter is exercised
+    with pytest.raises(ConfigError, match="no chat template"):
+        generate_self_prompts(plain, 4, progress=False)
+    with pytest.raises(ConfigError, match="temperature must be > 0"):
+        generate_self_prompts(chat, 4, temperature=0.0, progress=False)
+
+
+def test_responses_take_one_pass_per_temperature(hf_dir):
+    from specjax.config import SamplingConfig
+    from specjax.distill.data import generate_responses
+    from specjax.errors import ConfigError
+    from specjax.sampler import Sampler
+
+    target = load(hf_dir, progress=False)
+    prompts = [("hello world", False), ("the quick brown fox jumps", False), ("lazy dog", False)]
+    seqs = generate_responses(target, prompts, samples=2, temperature=[0.0, 1.0], max_new_tokens=5, batch=4,
+                              progress=False, seed=1)
+    assert len(seqs) == 3 + 3 * 2
+    sampler = Sampler(target, None)
+    greedy = sampler([p for p, _ in prompts], max_new_tokens=5)
+    by_prompt: dict = {}
+    for p, r in seqs:
+        by_prompt.setdefault(tuple(p), []).append(r)
+    for p, r in zip(greedy.prompt_tokens, greedy.tokens):
+        assert r in by_prompt[tuple(p)]  # the greedy pass: each prompt's greedy answer
+        assert len(by_prompt[tuple(p)]) == 3
+    # a sampled answer draws with seed (seed, sample, prompt, pass)
+    s = int(np.random.SeedSequence([1, 1, 2, 1]).generate_state(1)[0])
+    one = sampler(["lazy dog"], sampling=SamplingConfig(temperature=1.0), max_new_tokens=5, seed=[s])
+    assert one.tokens[0] in by_prompt[tuple(one.prompt_tokens[0])]
+    with pytest.raises(ConfigError, match="temperature must be a number >= 0"):
+        generate_responses(target, prompts, temperature=[0.0, -1.0], progress=False)
+
+
+def test_recipe_data_settings_are_checked(tmp_path):
+    from specjax.distill.train import Recipe
+    from specjax.errors import ConfigError
+
+    (tmp_path / "r.yaml").write_text("target: t\ndata: {temperature: [0.0, 0.7], self_prompts: 5}\n")
+    r = Recipe.from_yaml(tmp_path / "r.yaml")
+    assert r.temperatures == (0.0, 0.7) and r.self_prompts == 5
+    with pytest.raises(ConfigError, match="temperature a number >= 0 or a non-empty list"):
+        Recipe(name="r", target="t", temperature=(0.5, -0.1))
+    with pytest.raises(ConfigError, match="temperature must be a number or a list of numbers"):
+        Recipe(name="r", target="t", temperature=("hot",))
+    with pytest.raises(ConfigError, match="self_prompts must be an integer >= 0"):
+        Recipe(name="r", target="t", self_prompts=-2)
+    with pytest.raises(ConfigError, match="self_prompt_temperature must be > 0"):
+        Recipe(name="r", target="t", self_prompts=3, self_prompt_temperature=0.0)

@@ -6,7 +6,12 @@ Prompt sources (`load_prompts`): a YAML file (`prompts:` list, optional `chat:`)
 object per line with a `prompt` or `text` field, or a bare string), a plain-text file (one prompt
 per line), or a shipped suite given as `{suite: NAME, skip: S, count: C}` (see
 `specjax.bench.prompts`). Responses come from the target itself through specjax's batched decoding
-(`generate_responses`: temperature, seeds and samples per prompt configurable).
+(`generate_responses`: one pass per temperature, seeds and samples per prompt configurable).
+
+Self-written prompts (`generate_self_prompts`): a chat model is given its chat template up to the
+point where a user's message begins and writes the message itself, sampled at a high temperature,
+ending at its end-of-turn token (the Magpie recipe, Xu et al. 2024). That gives as many varied
+prompts as wanted, from the target's own idea of what users ask, with no data set at all.
 
 `extract` runs the target once over every (prompt + response) sequence and writes, under a
 directory, `.npy` files opened memory-mapped, so data sets larger than RAM work:
@@ -77,30 +82,92 @@ def load_prompts(sources: Sequence[Any]) -> list[tuple[str, bool]]:
     return out
 
 
-def generate_responses(target, prompts: list[tuple[str, bool]], *, samples: int = 1, temperature: float = 0.0,
-                       seed: int = 0, max_new_tokens: int = 256, batch: int = 16, progress: bool = True
-                       ) -> list[tuple[list[int], list[int]]]:
-    """The target's responses with specjax's batched decoding -> [(prompt ids, response ids)], one per
-    prompt and sample. Sample s of prompt i draws with seed (seed, s, i); EOS ends a response."""
+def generate_responses(target, prompts: list[tuple[str, bool]], *, samples: int = 1,
+                       temperature: float | Sequence[float] = 0.0, seed: int = 0, max_new_tokens: int = 256,
+                       batch: int = 16, progress: bool = True) -> list[tuple[list[int], list[int]]]:
+    """The target's responses with specjax's batched decoding -> [(prompt ids, response ids)].
+
+    One pass over the prompts per entry of `temperature` (a number or a list): a greedy pass (0)
+    answers each prompt once, a sampled pass `samples` times, sample s of prompt i in pass j drawing
+    with seed (seed, s, i) for the first pass and (seed, s, i, j) for later ones. EOS ends a response.
+    Jobs of a batch share a chat flag and have similar prompt lengths (fewer padded slots)."""
     from specjax.config import SamplingConfig
     from specjax.sampler import Sampler
 
+    temps = [float(temperature)] if isinstance(temperature, (int, float)) else [float(t) for t in temperature]
+    if not temps or any(t < 0 for t in temps):
+        raise ConfigError(f"temperature must be a number >= 0 or a non-empty list of them, got {temperature!r}")
     sampler = Sampler(target, None)
-    sampling = SamplingConfig(temperature=temperature) if temperature > 0 else SamplingConfig()
-    jobs = [(i, s) for s in range(samples) for i in range(len(prompts))]
+    jobs = []  # (prompt index, sample, pass)
+    for j, temp in enumerate(temps):
+        jobs += [(i, s, j) for s in range(samples if temp > 0 else 1) for i in range(len(prompts))]
+    # group by chat flag, then by prompt length, so a batch pads little
+    jobs.sort(key=lambda job: (prompts[job[0]][1], len(prompts[job[0]][0])))
     out: list[tuple[list[int], list[int]]] = []
     bar = _progress(len(jobs), "generating", progress)
-    for start in range(0, len(jobs), batch):
-        chunk = jobs[start:start + batch]
-        for chat in (True, False):
-            part = [(i, s) for i, s in chunk if prompts[i][1] == chat]
-            if not part:
+    start = 0
+    while start < len(jobs):
+        chat = prompts[jobs[start][0]][1]
+        part = [job for job in jobs[start:start + batch] if prompts[job[0]][1] == chat]
+        start += len(part)
+        seeds = [int(np.random.SeedSequence([seed, s, i] + ([j] if j else [])).generate_state(1)[0])
+                 for i, s, j in part]
+        sampling = [SamplingConfig(temperature=temps[j]) if temps[j] > 0 else SamplingConfig() for _, _, j in part]
+        result = sampler([prompts[i][0] for i, _, _ in part], sampling=sampling, max_new_tokens=max_new_tokens,
+                         seed=seeds, chat=chat)
+        out += [(list(p), list(t)) for p, t in zip(result.prompt_tokens, result.tokens)]
+        bar.update(len(part))
+    bar.close()
+    return out
+
+
+def user_turn_prefix(tokenizer) -> list[int]:
+    """The token ids of the chat template rendered up to where a user's message begins (with the
+    template's default system turn, if it has one)."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("self-written prompts need a chat model: the target has no chat template")
+    marker = "SPECJAX_USER_MESSAGE"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], add_generation_prompt=False)
+    if marker not in text:
+        raise ConfigError("the target's chat template does not render the user's message; cannot write prompts")
+    ids = tokenizer.encode(text[:text.index(marker)], add_bos=False)
+    if not ids:
+        raise ConfigError("the target's chat template renders nothing before the user's message")
+    return ids
+
+
+def generate_self_prompts(target, n: int, *, temperature: float = 1.0, top_p: float = 0.95, max_tokens: int = 64,
+                          seed: int = 0, batch: int = 16, progress: bool = True) -> list[tuple[str, bool]]:
+    """Up to `n` distinct user messages written by the target itself (see the module docstring) ->
+    [(text, True)]. Messages that do not end within `max_tokens` (no end-of-turn token), are empty,
+    or repeat an earlier one are dropped, so fewer than n may come back."""
+    from specjax.config import SamplingConfig
+    from specjax.sampler import Sampler
+
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"self_prompts must be an integer >= 1, got {n!r}")
+    if not temperature > 0 or not 0 < top_p <= 1:
+        raise ConfigError(f"self-written prompts are sampled: temperature must be > 0 and top_p in (0, 1], "
+                          f"got {temperature}, {top_p}")
+    tokenizer = getattr(target, "tokenizer", None)
+    prefix = user_turn_prefix(tokenizer)
+    eos = list(tokenizer.eos_ids)
+    sampler = Sampler(target, None)
+    sampling = SamplingConfig.make(temperature, None, top_p if top_p < 1 else None)
+    seen, out = set(), []
+    bar = _progress(n, "writing prompts", progress)
+    for start in range(0, n, batch):
+        rows = list(range(start, min(n, start + batch)))
+        seeds = [int(np.random.SeedSequence([seed, 1, r]).generate_state(1)[0]) for r in rows]
+        result = sampler([prefix] * len(rows), sampling=sampling, max_new_tokens=max_tokens, seed=seeds, eos_ids=eos)
+        for toks in result.tokens:
+            if not toks or toks[-1] not in eos:
                 continue
-            seeds = [int(np.random.SeedSequence([seed, s, i]).generate_state(1)[0]) for i, s in part]
-            result = sampler([prompts[i][0] for i, _ in part], sampling=sampling, max_new_tokens=max_new_tokens,
-                             seed=seeds, chat=chat)
-            out += [(list(p), list(t)) for p, t in zip(result.prompt_tokens, result.tokens)]
-        bar.update(len(chunk))
+            text = tokenizer.decode(toks[:-1]).strip()
+            if text and text not in seen:
+                seen.add(text)
+                out.append((text, True))
+        bar.update(len(rows))
     bar.close()
     return out
 

@@ -46,7 +46,11 @@ class Recipe:
     prompts: tuple = ()
     heldout_prompts: tuple = ()  # prompts for the acceptance evaluation, never in the training data
     samples: int = 1
-    temperature: float = 0.0
+    temperature: float | tuple = 0.0  # one pass over the prompts per value (0 = greedy, once per prompt)
+    self_prompts: int = 0  # this many more training prompts written by the target itself (chat models)
+    self_prompt_temperature: float = 1.0
+    self_prompt_top_p: float = 0.95
+    self_prompt_max_tokens: int = 64
     max_new_tokens: int = 256
     gen_batch: int = 16
     top_k: int = 64
@@ -103,10 +107,27 @@ class Recipe:
                               f"got {self.export_dtype!r}")
         if not 0.0 <= self.heldout_share < 1.0:
             raise ConfigError(f"distill recipe {self.name!r}: heldout_share must lie in [0, 1), got {self.heldout_share}")
-        if self.lr <= 0 or self.clip <= 0 or not 0 < self.decay <= 1 or self.temperature < 0:
+        temps = self.temperatures
+        if self.lr <= 0 or self.clip <= 0 or not 0 < self.decay <= 1 or not temps or min(temps) < 0:
             raise ConfigError(f"distill recipe {self.name!r}: lr and clip must be > 0, decay in (0, 1], temperature "
-                              f">= 0 (got lr={self.lr}, clip={self.clip}, decay={self.decay}, "
-                              f"temperature={self.temperature})")
+                              f"a number >= 0 or a non-empty list of them (got lr={self.lr}, clip={self.clip}, "
+                              f"decay={self.decay}, temperature={self.temperature!r})")
+        if not isinstance(self.self_prompts, int) or self.self_prompts < 0 or self.self_prompt_max_tokens < 1:
+            raise ConfigError(f"distill recipe {self.name!r}: self_prompts must be an integer >= 0 and "
+                              f"self_prompt_max_tokens >= 1 (got {self.self_prompts!r}, {self.self_prompt_max_tokens!r})")
+        if self.self_prompts and (self.self_prompt_temperature <= 0 or not 0 < self.self_prompt_top_p <= 1):
+            raise ConfigError(f"distill recipe {self.name!r}: self_prompt_temperature must be > 0 and "
+                              f"self_prompt_top_p in (0, 1] (got {self.self_prompt_temperature}, "
+                              f"{self.self_prompt_top_p})")
+
+    @property
+    def temperatures(self) -> tuple:
+        t = self.temperature
+        values = tuple(t) if isinstance(t, (list, tuple)) else (t,)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"distill recipe {self.name!r}: temperature must be a number or a list of numbers, "
+                              f"got {t!r}")
+        return tuple(float(v) for v in values)
 
     @classmethod
     def from_yaml(cls, path) -> "Recipe":
@@ -133,6 +154,8 @@ class Recipe:
         for key in ("taps", "draft_layers"):
             if key in flat:
                 flat[key] = tuple(flat[key])
+        if isinstance(flat.get("temperature"), list):
+            flat["temperature"] = tuple(flat["temperature"])
         flat.setdefault("name", path.stem)
         if "target" not in flat:
             raise ConfigError(f"distill recipe {path}: 'target' is required")
@@ -159,15 +182,25 @@ def prepare_data(recipe: Recipe, target, out: Path, taps, progress: bool = True)
         return directory
     prompts = data.load_prompts(recipe.prompts)
     started = time.perf_counter()
-    sequences = data.generate_responses(target, prompts, samples=recipe.samples, temperature=recipe.temperature,
+    written = []
+    if recipe.self_prompts:
+        written = data.generate_self_prompts(target, recipe.self_prompts, temperature=recipe.self_prompt_temperature,
+                                             top_p=recipe.self_prompt_top_p, max_tokens=recipe.self_prompt_max_tokens,
+                                             seed=recipe.seed, batch=recipe.gen_batch, progress=progress)
+        (out / "self_prompts.yaml").write_text(yaml.safe_dump({"chat": True, "prompts": [t for t, _ in written]},
+                                                              allow_unicode=True, sort_keys=False))
+        prompts = prompts + written
+    prompted = time.perf_counter()
+    sequences = data.generate_responses(target, prompts, samples=recipe.samples, temperature=recipe.temperatures,
                                         seed=recipe.seed, max_new_tokens=recipe.max_new_tokens,
                                         batch=recipe.gen_batch, progress=progress)
     generated = time.perf_counter()
     data.extract(target, sequences, directory, taps=taps, top_k=recipe.top_k, name=recipe.target, progress=progress)
-    _log(out / "log.jsonl", {"event": "data", "sequences": len(sequences),
+    _log(out / "log.jsonl", {"event": "data", "sequences": len(sequences), "self_prompts": len(written),
+                             "self_prompts_s": prompted - started,
                              "tokens": sum(len(p) + len(r) for p, r in sequences),
                              "response_tokens": sum(len(r) for _, r in sequences),
-                             "generate_s": generated - started, "extract_s": time.perf_counter() - generated})
+                             "generate_s": generated - prompted, "extract_s": time.perf_counter() - generated})
     return directory
 
 
