@@ -19,6 +19,8 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None,
+                   help="keep ids with probability >= MIN_P times the most likely one's (after top-k and top-p)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -43,7 +45,7 @@ def _check_generate_args(args):
     from specjax.drafters import registry
     from specjax.errors import ConfigError
 
-    sampling = SamplingConfig.make(args.temperature, args.top_k, args.top_p)
+    sampling = SamplingConfig.make(args.temperature, args.top_k, args.top_p, args.min_p)
     validate.integer("--max-new-tokens", args.max_new_tokens, low=1)
     validate.integer("--gamma", args.gamma, low=1)
     validate.seed("--seed", args.seed)

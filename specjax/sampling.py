@@ -1,17 +1,19 @@
 """Logits -> warped probabilities, and sampling from them, with settings per batch row.
 
 The same `warp` is applied to target and drafter logits, in the order temperature, top-k, top-p,
-so the rejection rule compares two distributions built the same way. Greedy (temperature 0) is the
+min-p, so the rejection rule compares two distributions built the same way. Greedy (temperature 0) is the
 point mass on the argmax. Axes: B batch (leading), any further axes, V vocabulary last.
 
-Settings are runtime values (`RowSampling`: one temperature, top-k, top-p and greedy flag per row),
+Settings are runtime values (`RowSampling`: one temperature, top-k, top-p, min-p and greedy flag per row),
 so a sweep over them reuses one compiled program and each row of a batch may sample differently;
 nothing about them is static. A greedy row divides by temperature 1, never by its 0, and takes the
 argmax. Functions also take one `SamplingConfig` for every row, for convenience.
 
 Top-k and top-p never sort the vocabulary: their thresholds are found by bisection over the ordered
 bit patterns of the float32 logits (32 vectorised passes of a count or a masked sum over V), and
-each filter runs only when some row uses it (`lax.cond`).
+each filter runs only when some row uses it (`lax.cond`). Min-p needs no search: p_i >= min_p * p_max
+is logit_i - logit_max >= log(min_p), one pass; it commutes with top-k (both keep an upper set of
+logits) and runs after top-p, whose kept set depends on the mass it sees.
 
 Randomness is per row: `keys` is an array of B keys, one per row, so what row b draws depends
 only on its own key and its own logits (running it alone with that key draws the same).
@@ -38,11 +40,13 @@ class RowSampling:
     temperature: jax.Array  # [B] float32, > 0 (1 for greedy rows, which never divide by it)
     top_k: jax.Array  # [B] int32, 0 = off
     top_p: jax.Array  # [B] float32, 1 = off
+    top_q: jax.Array  # [B] float32: 1 - top_p, computed in float64 (the mass a nucleus leaves out)
+    min_p: jax.Array  # [B] float32, 0 = off
     greedy: jax.Array  # [B] bool
 
     def logical_axes(self) -> "RowSampling":
         b = ("batch",)
-        return self.replace(temperature=b, top_k=b, top_p=b, greedy=b)
+        return self.replace(temperature=b, top_k=b, top_p=b, top_q=b, greedy=b, min_p=b)
 
     @classmethod
     def of(cls, configs: SamplingConfig | Sequence[SamplingConfig], batch: int | None = None, *,
@@ -61,6 +65,8 @@ class RowSampling:
         temperature = np.ones((B,), np.float32)
         top_k = np.zeros((B,), np.int32)
         top_p = np.ones((B,), np.float32)
+        top_q = np.zeros((B,), np.float32)
+        min_p = np.zeros((B,), np.float32)
         greedy = np.ones((B,), bool)
         for i, c in enumerate(configs):
             t = np.float32(c.temperature)
@@ -70,8 +76,10 @@ class RowSampling:
             if c.top_k is not None and (vocab_size is None or c.top_k < vocab_size):
                 top_k[i] = c.top_k
             if c.top_p is not None:
-                top_p[i] = c.top_p
-        return cls(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+                top_p[i], top_q[i] = c.top_p, 1.0 - c.top_p  # the difference in float64, then rounded
+            if c.min_p is not None:
+                min_p[i] = c.min_p
+        return cls(temperature=temperature, top_k=top_k, top_p=top_p, top_q=top_q, greedy=greedy, min_p=min_p)
 
 
 def rows(s: SamplingConfig | RowSampling) -> RowSampling:
@@ -136,16 +144,41 @@ def _top_p_mask(logits_v, s: RowSampling):
 
     No sort: the mass above a key T, M(T), falls as T rises, so the largest T with M(T) >= p is
     found by bisection over the ordered bit patterns (32 masked sums over V), and exactly the ids
-    above it are kept (in exact arithmetic the set a sorted cumulative sum gives)."""
+    above it are kept (in exact arithmetic the set a sorted cumulative sum gives). For p > 1/2 the
+    same T is found from the other side, as the largest T whose tail mass (ids at or below T) is at
+    most q = 1 - p: a float32 sum of the small tail resolves steps of its size where a sum near 1
+    cannot (with p = 0.999 over 262,144 ids the tail's ids carry ~1e-9 each, below float32's
+    resolution at 1), and q is formed in float64 on the host (`RowSampling.top_q`)."""
     p = _per_row(jnp.where(s.greedy, 1.0, s.top_p), logits_v)
+    q = _per_row(jnp.asarray(s.top_q, jnp.float32), logits_v)
     on = p < 1.0
+    tail = p > 0.5
 
     def apply(x):
         key = _ordered(x)
         probs = jnp.exp(x - jax.nn.logsumexp(x, axis=-1, keepdims=True))
-        mass_above = lambda t: jnp.sum(jnp.where(key > t, probs, 0.0), axis=-1, keepdims=True)  # noqa: E731
-        edge = _largest_key(lambda t: mass_above(t) >= p, x.shape[:-1] + (1,))
+
+        def reaches(t):  # M(T) >= p, from the head or (p > 1/2) from the tail
+            side = jnp.where(tail, key <= t, key > t)
+            mass = jnp.sum(jnp.where(side, probs, 0.0), axis=-1, keepdims=True)
+            return jnp.where(tail, mass <= q, mass >= p)
+
+        edge = _largest_key(reaches, x.shape[:-1] + (1,))
         return jnp.where(on & (key <= edge), -jnp.inf, x)
+
+    return jax.lax.cond(jnp.any(on), apply, lambda x: x, logits_v)
+
+
+def _min_p_mask(logits_v, s: RowSampling):
+    """Keep the ids whose probability is at least min_p times the largest one's (the largest always
+    kept): exp(logit - max logit) >= min_p, the ratio being the same before and after renormalising.
+    Rows with min_p = 0 untouched."""
+    m = _per_row(jnp.where(s.greedy, 0.0, s.min_p), logits_v)
+    on = m > 0.0
+
+    def apply(x):
+        ratio = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
+        return jnp.where(on & (ratio < m), -jnp.inf, x)
 
     return jax.lax.cond(jnp.any(on), apply, lambda x: x, logits_v)
 
@@ -156,7 +189,7 @@ def warp_logits(logits_v: jax.Array, s: SamplingConfig | RowSampling, vocab_size
     s = rows(s)
     logits_v = mask_vocab(logits_v.astype(jnp.float32), vocab_size)
     logits_v = logits_v / _per_row(jnp.where(s.greedy, 1.0, s.temperature), logits_v)
-    return _top_p_mask(_top_k_mask(logits_v, s), s)
+    return _min_p_mask(_top_p_mask(_top_k_mask(logits_v, s), s), s)
 
 
 def warp(logits_v: jax.Array, s: SamplingConfig | RowSampling, vocab_size: int | None = None) -> jax.Array:

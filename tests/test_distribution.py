@@ -31,6 +31,7 @@ CONFIGS = {
     "temperature-0.6": SamplingConfig(temperature=0.6),
     "top-k-3": SamplingConfig(temperature=1.0, top_k=3),
     "top-p-0.8": SamplingConfig(temperature=1.0, top_p=0.8),
+    "min-p-0.1": SamplingConfig(temperature=1.0, min_p=0.1),
 }
 
 

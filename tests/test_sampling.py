@@ -1,4 +1,5 @@
-"""Warping by hand: temperature, then top-k, then top-p; greedy; vocabulary padding."""
+"""Warping by hand: temperature, then top-k, then top-p, then min-p; greedy; vocabulary padding; the
+sort-free thresholds against a float64 sorting reference on adversarial logits up to V = 262,144."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def test_sampling_frequencies_follow_warped_distribution():
                                atol=0.01)
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=-1.0), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5)])
+@pytest.mark.parametrize("kwargs", [dict(temperature=-1.0), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5),
+                                    dict(min_p=-0.1), dict(min_p=1.5)])
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ConfigError):
         SamplingConfig(**kwargs)
@@ -152,3 +154,86 @@ def test_row_settings_check_their_inputs():
         RowSampling.of([SamplingConfig()] * 3, 2)
     with pytest.raises(ConfigError, match=r"sampling\[1\] must be a SamplingConfig, got dict"):
         RowSampling.of([SamplingConfig(), {"temperature": 1.0}])
+
+
+def test_min_p_keeps_ids_at_least_min_p_times_the_top_one():
+    # probabilities 0.4, 0.3, 0.15, 0.1, 0.05: min_p 0.3 keeps >= 0.12 (three ids), 0.25 keeps >= 0.1 (ties kept)
+    np.testing.assert_allclose(warp(LOGITS, SamplingConfig(temperature=1.0, min_p=0.3)),
+                               [0.4 / 0.85, 0.3 / 0.85, 0.15 / 0.85, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(warp(LOGITS, SamplingConfig(temperature=1.0, min_p=0.25)),
+                               [0.4 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.1 / 0.95, 0], atol=1e-6)
+    assert SamplingConfig(temperature=1.0, min_p=0.0).min_p is None  # 0 = off
+    # after the temperature: T = 0.5 squares the ratios (0.75 -> 0.5625, 0.375 -> 0.14): min_p 0.5 keeps two
+    p = np.array([0.4, 0.3]) ** 2
+    np.testing.assert_allclose(warp(LOGITS, SamplingConfig(temperature=0.5, min_p=0.5)), [*(p / p.sum()), 0, 0, 0],
+                               atol=1e-6)
+    # after top-p: top_p 0.5 keeps two, then min_p 0.8 of the renormalised pair keeps one... the ratio
+    # 0.3 / 0.4 = 0.75 is the same before and after renormalising, so only the top id remains
+    np.testing.assert_allclose(warp(LOGITS, SamplingConfig(temperature=1.0, top_p=0.5, min_p=0.8)), [1, 0, 0, 0, 0],
+                               atol=1e-6)
+
+
+def _reference_probs(logits_v, k=None, p=None, min_p=None):
+    """Float64, by sorting: temperature 1, then top-k (ties with the k-th kept), then top-p (an id is
+    kept iff the mass strictly before it in descending order is < p; ties at the edge kept), then
+    min-p (probability >= min_p * the largest) -> (kept mask, renormalised probabilities)."""
+    x = np.asarray(logits_v, np.float64)
+    V = x.shape[-1]
+    if k is not None and k < V:
+        kth = -np.sort(-x)[k - 1]
+        x = np.where(x >= kth, x, -np.inf)
+    if p is not None and p < 1.0:
+        desc = -np.sort(-x)
+        probs = np.exp(desc - desc[0])
+        probs /= probs.sum()
+        before = np.cumsum(probs) - probs
+        # every id tied with the last one kept is kept
+        thr = desc[np.flatnonzero(before < p).max()]
+        x = np.where(x >= thr, x, -np.inf)
+    if min_p is not None and min_p > 0:
+        x = np.where(np.exp(x - x.max()) >= min_p, x, -np.inf)
+    kept = np.isfinite(x)
+    probs = np.where(kept, np.exp(x - x.max()), 0.0)
+    return kept, probs / probs.sum()
+
+
+def _adversarial(kind: str, V: int, rng) -> np.ndarray:
+    if kind == "random":
+        return (rng.normal(size=V) * 3.0).astype(np.float32)
+    if kind == "ties":  # a handful of distinct values: ties at every boundary
+        return rng.integers(-2, 3, size=V).astype(np.float32)
+    if kind == "masked":  # -inf for most ids (padding, an earlier filter)
+        x = (rng.normal(size=V) * 2.0).astype(np.float32)
+        x[rng.permutation(V)[: (3 * V) // 4]] = -np.inf
+        return x
+    if kind == "dominant":  # one token holds nearly all the mass
+        x = rng.normal(size=V).astype(np.float32)
+        x[rng.integers(V)] = 40.0
+        return x
+    if kind == "flat":
+        return (rng.normal(size=V) * 1e-3).astype(np.float32)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("V", [10, 1000, 262144])
+@pytest.mark.parametrize("kind", ["random", "ties", "masked", "dominant", "flat"])
+def test_sort_free_warping_equals_a_float64_sorting_reference(kind, V):
+    """Every k in {1, 2, 50, V-1, V}, every p in {1e-6, 0.1, 0.9, 0.999, 1.0}, min-p, and mixes, one row
+    each in one batch (the settings are runtime values): identical kept sets, probabilities within 1e-6."""
+    from specjax.sampling import RowSampling
+
+    rng = np.random.default_rng(V + len(kind))
+    logits = _adversarial(kind, V, rng)
+    settings = ([dict(k=k) for k in (1, 2, 50, V - 1, V)] + [dict(p=p) for p in (1e-6, 0.1, 0.9, 0.999, 1.0)]
+                + [dict(min_p=m) for m in (0.01, 0.5, 1.0)]
+                + [dict(k=50, p=0.9), dict(k=2, p=0.999), dict(k=V - 1, p=0.1), dict(p=0.9, min_p=0.05),
+                   dict(k=50, p=0.999, min_p=0.2)])
+    configs = [SamplingConfig(temperature=1.0, top_k=min(st.get("k") or 0, 2 ** 31 - 1) or None, top_p=st.get("p"),
+                              min_p=st.get("min_p")) for st in settings]
+    rows = jax.tree.map(jnp.asarray, RowSampling.of(configs, vocab_size=V))
+    batch = jnp.broadcast_to(jnp.asarray(logits), (len(configs), V))
+    got = np.asarray(jax.jit(warp)(batch, rows), np.float64)
+    for i, st in enumerate(settings):
+        kept, want = _reference_probs(logits, st.get("k"), st.get("p"), st.get("min_p"))
+        np.testing.assert_array_equal(got[i] > 0, kept, err_msg=f"{kind} V={V} {st}: kept sets differ")
+        np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-6, err_msg=f"{kind} V={V} {st}")

@@ -5,7 +5,7 @@ A config (see configs/bench/*.yaml) names:
   drafters               drafter strings (`specjax.drafters.registry`): "ngram:NMAX[:NMIN]",
                          "layerskip:K", "model:PATH", and the bench-only "model:truncate:K" (a copy
                          of the target's first K layers as a separate draft model, see `drafts`)
-  gammas, sampling       sweeps over G and over sampling settings ({temperature, top_k, top_p})
+  gammas, sampling       sweeps over G and over sampling settings ({temperature, top_k, top_p, min_p})
   suites                 prompt suites by name (`specjax.bench.prompts`: humaneval, humaneval-raw, chat)
   prompts_per_suite, max_new_tokens, repeats, seed
   chat_template          false to send prompts as raw text (base models)
@@ -83,7 +83,7 @@ class BenchConfig:
                 if unknown:
                     raise ConfigError(f"{table}: unknown keys {unknown} in {entry!r}; known: {sorted(allowed)}")
         for s in self.sampling:
-            SamplingConfig.make(s.get("temperature", 0.0), s.get("top_k"), s.get("top_p"))  # range checks
+            SamplingConfig.make(s.get("temperature", 0.0), s.get("top_k"), s.get("top_p"), s.get("min_p"))  # range checks
         sweep = self.batch_sweep
         if sweep and "drafter" not in sweep:
             raise ConfigError("batch_sweep needs a 'drafter'")
@@ -122,7 +122,7 @@ class BenchConfig:
         return cls(**data)
 
 
-SAMPLING_KEYS = frozenset({"temperature", "top_k", "top_p"})
+SAMPLING_KEYS = frozenset({"temperature", "top_k", "top_p", "min_p"})
 PEER_KEYS = frozenset({"transformers", "gamma", "repeats"})
 SWEEP_KEYS = frozenset({"drafter", "gamma", "batches", "max_new_tokens", "suite", "repeats"})
 MARKDOWN_KEYS = frozenset({"file", "section"})
@@ -131,7 +131,7 @@ MARKDOWN_KEYS = frozenset({"file", "section"})
 def sampling_label(s: dict) -> str:
     if not s.get("temperature"):
         return "greedy"
-    parts = [f"T={s['temperature']}"] + [f"{k}={s[k]}" for k in ("top_k", "top_p") if s.get(k)]
+    parts = [f"T={s['temperature']}"] + [f"{k}={s[k]}" for k in ("top_k", "top_p", "min_p") if s.get(k)]
     return " ".join(parts)
 
 
@@ -179,7 +179,7 @@ def run(cfg: BenchConfig, out_dir: str | os.PathLike) -> dict:
     timers: dict[int, micro.StepTimer] = {}
     for suite, (prompts, chat) in suites.items():
         for s in samplings:
-            sampling = SamplingConfig.make(s.get("temperature", 0.0), s.get("top_k"), s.get("top_p"))
+            sampling = SamplingConfig.make(s.get("temperature", 0.0), s.get("top_k"), s.get("top_p"), s.get("min_p"))
             common = dict(batch=cfg.batch, sampling=sampling, max_new_tokens=cfg.max_new_tokens, repeats=cfg.repeats,
                           chat=chat, seed=cfg.seed)
             ar = samplers()

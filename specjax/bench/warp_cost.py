@@ -1,0 +1,130 @@
+"""What warping costs against a target step: the sort-free warpers next to a sorting implementation.
+
+    python -m specjax.bench.warp_cost [--target gemma3-270m] [--positions 5] [--repeats 20] [--json out.json]
+
+Logits [1, P, V] for the target's vocabulary V (P = 5: the positions one G = 4 round verifies), in
+two shapes: "flat" (N(0, 1e-3): top-p must walk most of the vocabulary, the worst case for a sorted
+cumulative sum) and "peaked" (N(0, 3)). Per sampling setting, the median time of `repeats` calls
+after a compiling one, for
+
+  sort-free    `specjax.sampling.warp` with the setting as runtime per-row values (what decoding runs)
+  sorting      the textbook way, settings static: top-k by `lax.top_k`, top-p by a full descending
+               sort and a cumulative sum, min-p by a max (what `warp` did before its thresholds were
+               found by bisection)
+
+and both as a share of the target's one-token step (`measure.StepTimer`, batch 1, measured in the
+same run). Each row is checked: both implementations give the same probabilities (max abs diff).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+SETTINGS = (
+    {"temperature": 1.0},
+    {"temperature": 1.0, "top_k": 50},
+    {"temperature": 1.0, "top_p": 0.9},
+    {"temperature": 1.0, "top_p": 0.95},
+    {"temperature": 1.0, "min_p": 0.05},
+    {"temperature": 0.7, "top_k": 50, "top_p": 0.95, "min_p": 0.05},
+)
+
+
+def sorting_warp(logits, temperature: float, top_k=None, top_p=None, min_p=None):
+    """Probabilities by sorting (static settings): temperature, top-k, top-p, min-p."""
+    import jax
+    import jax.numpy as jnp
+
+    x = logits.astype(jnp.float32) / temperature
+    if top_k:
+        kth = jax.lax.top_k(x, top_k)[0][..., -1:]
+        x = jnp.where(x >= kth, x, -jnp.inf)
+    if top_p:
+        desc = -jnp.sort(-x, axis=-1)
+        probs = jax.nn.softmax(desc, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs
+        edge = jnp.min(jnp.where(before < top_p, desc, jnp.inf), axis=-1, keepdims=True)
+        x = jnp.where(x >= edge, x, -jnp.inf)
+    if min_p:
+        x = jnp.where(jnp.exp(x - jnp.max(x, axis=-1, keepdims=True)) >= min_p, x, -jnp.inf)
+    return jax.nn.softmax(x, axis=-1)
+
+
+def label(s: dict) -> str:
+    return " ".join([f"T={s['temperature']}"] + [f"{k}={s[k]}" for k in ("top_k", "top_p", "min_p") if s.get(k)])
+
+
+def run(target: str = "gemma3-270m", positions: int = 5, repeats: int = 20, dtype: str = "float32") -> dict:
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from specjax import sampling
+    from specjax.bench import measure as micro
+    from specjax.config import SamplingConfig
+    from specjax.lm import LM
+    from specjax.models import load
+
+    started = time.perf_counter()
+    model = load(target, dtype=dtype, progress=False)
+    lm, params = LM.split(model.module)
+    V = model.module.config.vocab_size
+    step_s = micro.StepTimer(lm, params, batch=1).measure([], repeats=repeats)["target_step_s"]
+    rng = np.random.default_rng(0)
+    shapes = {"flat": rng.normal(size=(1, positions, V)) * 1e-3, "peaked": rng.normal(size=(1, positions, V)) * 3.0}
+    sort_free = jax.jit(sampling.warp)
+    rows = []
+    for shape, values in shapes.items():
+        logits = jnp.asarray(values, jnp.float32)
+        for s in SETTINGS:
+            cfg = SamplingConfig.make(s["temperature"], s.get("top_k"), s.get("top_p"), s.get("min_p"))
+            row_cfg = jax.tree.map(jnp.asarray, sampling.RowSampling.of(cfg, 1, vocab_size=V))
+            sorted_fn = jax.jit(functools.partial(sorting_warp, temperature=s["temperature"], top_k=s.get("top_k"),
+                                                  top_p=s.get("top_p"), min_p=s.get("min_p")))
+            t_new = micro._median_time(sort_free, logits, row_cfg, repeats=repeats)
+            t_old = micro._median_time(sorted_fn, logits, repeats=repeats)
+            diff = float(jnp.max(jnp.abs(sort_free(logits, row_cfg) - sorted_fn(logits))))
+            rows.append({"shape": shape, "setting": label(s), "sort_free_ms": 1e3 * t_new, "sorting_ms": 1e3 * t_old,
+                         "sort_free_share": t_new / step_s, "sorting_share": t_old / step_s, "max_abs_diff": diff})
+            print(_row(rows[-1]), file=sys.stderr, flush=True)
+    return {"target": target, "vocab": V, "positions": positions, "dtype": dtype, "target_step_ms": 1e3 * step_s,
+            "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind), "rows": rows,
+            "seconds": time.perf_counter() - started}
+
+
+def _row(r: dict) -> str:
+    return (f"| {r['shape']} | {r['setting']} | {r['sort_free_ms']:.2f} | {100 * r['sort_free_share']:.1f}% | "
+            f"{r['sorting_ms']:.2f} | {100 * r['sorting_share']:.1f}% | {r['max_abs_diff']:.1e} |")
+
+
+def table(report: dict) -> str:
+    head = (f"Target step ({report['target']}, batch 1): {report['target_step_ms']:.1f} ms; logits [1, "
+            f"{report['positions']}, {report['vocab']}]\n\n"
+            "| logits | setting | sort-free (ms) | of a target step | sorting (ms) | of a target step | max abs diff |\n"
+            "|---|---|---|---|---|---|---|")
+    return "\n".join([head] + [_row(r) for r in report["rows"]])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m specjax.bench.warp_cost", description=__doc__.splitlines()[0])
+    p.add_argument("--target", default="gemma3-270m")
+    p.add_argument("--positions", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    report = run(args.target, args.positions, args.repeats, args.dtype)
+    print(table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
