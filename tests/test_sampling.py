@@ -212,19 +212,24 @@ def _adversarial(kind: str, V: int, rng) -> np.ndarray:
         return x
     if kind == "flat":
         return (rng.normal(size=V) * 1e-3).astype(np.float32)
+    if kind == "nucleus":  # 100 likely ids with graded logits over a long tail (~5e-4 of the mass at V = 262,144)
+        x = rng.normal(size=V).astype(np.float32)
+        x[rng.permutation(V)[:min(100, V)]] = 18.0 + np.linspace(0.0, -8.0, min(100, V))
+        return x
     raise ValueError(kind)
 
 
 @pytest.mark.parametrize("V", [10, 1000, 262144])
-@pytest.mark.parametrize("kind", ["random", "ties", "masked", "dominant", "flat"])
+@pytest.mark.parametrize("kind", ["random", "ties", "masked", "dominant", "flat", "nucleus"])
 def test_sort_free_warping_equals_a_float64_sorting_reference(kind, V):
     """Every k in {1, 2, 50, V-1, V}, every p in {1e-6, 0.1, 0.9, 0.999, 1.0}, min-p, and mixes, one row
-    each in one batch (the settings are runtime values): identical kept sets, probabilities within 1e-6."""
-    from specjax.sampling import RowSampling
+    each in one batch (the settings are runtime values): identical kept sets, probabilities within 1e-6.
+    k around CAND_BLOCKS and 1000 cover both sides of the candidate-block fast path's bound."""
+    from specjax.sampling import CAND_BLOCKS, RowSampling
 
     rng = np.random.default_rng(V + len(kind))
     logits = _adversarial(kind, V, rng)
-    settings = ([dict(k=k) for k in (1, 2, 50, V - 1, V)] + [dict(p=p) for p in (1e-6, 0.1, 0.9, 0.999, 1.0)]
+    settings = ([dict(k=k) for k in (1, 2, 50, V - 1, V) + (CAND_BLOCKS, CAND_BLOCKS + 1, 1000) if k < V] + [dict(p=p) for p in (1e-6, 0.1, 0.9, 0.999, 1.0)]
                 + [dict(min_p=m) for m in (0.01, 0.5, 1.0)]
                 + [dict(k=50, p=0.9), dict(k=2, p=0.999), dict(k=V - 1, p=0.1), dict(p=0.9, min_p=0.05),
                    dict(k=50, p=0.999, min_p=0.2)])
@@ -237,3 +242,20 @@ def test_sort_free_warping_equals_a_float64_sorting_reference(kind, V):
         kept, want = _reference_probs(logits, st.get("k"), st.get("p"), st.get("min_p"))
         np.testing.assert_array_equal(got[i] > 0, kept, err_msg=f"{kind} V={V} {st}: kept sets differ")
         np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-6, err_msg=f"{kind} V={V} {st}")
+
+
+def test_argmax_by_two_reductions_is_jnp_argmax():
+    """`sampling.argmax` (a max, then the first index holding it) against jnp.argmax: ties take the
+    first index, a NaN counts as the largest, all -inf gives 0, integers too; `last_index` against numpy."""
+    from specjax.sampling import argmax, last_index
+
+    rng = np.random.default_rng(0)
+    cases = [rng.normal(size=(3, 7, 50)).astype(np.float32), rng.integers(0, 3, size=(4, 100)).astype(np.float32),
+             np.full((2, 9), -np.inf, np.float32), np.array([[1.0, np.nan, 3.0, np.nan], [2.0, 5.0, 5.0, 1.0]], np.float32),
+             rng.integers(-5, 5, size=(3, 11)).astype(np.int32)]
+    for x in cases:
+        np.testing.assert_array_equal(np.asarray(argmax(jnp.asarray(x))), np.asarray(jnp.argmax(jnp.asarray(x), -1)))
+    mask = rng.random((5, 40)) > 0.8
+    mask[0] = False
+    want = [np.flatnonzero(r).max() if r.any() else -1 for r in mask]
+    np.testing.assert_array_equal(np.asarray(last_index(jnp.asarray(mask))), want)

@@ -62,7 +62,7 @@ def draw_reduced(u_b, logits_bd, target_ids_d, sampling: RowSampling, vocab_size
     if vocab_size is not None:
         logits_bd = jnp.where(target_ids_d < vocab_size, logits_bd, -jnp.inf)
     B = logits_bd.shape[0]
-    ids_b = target_ids_d[jnp.argmax(logits_bd, axis=-1)]
+    ids_b = target_ids_d[sampling_lib.argmax(logits_bd)]
     point_bv = jax.nn.one_hot(ids_b, V, dtype=jnp.float32)
 
     def sampled(x):
