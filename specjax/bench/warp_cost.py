@@ -3,14 +3,15 @@
     python -m specjax.bench.warp_cost [--target gemma3-270m] [--positions 5] [--repeats 20] [--json out.json]
 
 Logits [1, P, V] for the target's vocabulary V (P = 5: the positions one G = 4 round verifies), in
-two shapes: "flat" (N(0, 1e-3): top-p must walk most of the vocabulary, the worst case for a sorted
-cumulative sum) and "peaked" (N(0, 3)). Per sampling setting, the median time of `repeats` calls
+three shapes: "flat" (N(0, 1e-3): the nucleus is most of the vocabulary), "broad" (N(0, 3): still
+thousands of ids in a 0.9 nucleus at V = 262,144) and "nucleus" (100 ids with logits 18 down to
+10 over an N(0, 1) tail: a language model's usual shape, the nucleus in a few dozen ids). Per sampling setting, the median time of `repeats` calls
 after a compiling one, for
 
   sort-free    `specjax.sampling.warp` with the setting as runtime per-row values (what decoding runs)
   sorting      the textbook way, settings static: top-k by `lax.top_k`, top-p by a full descending
-               sort and a cumulative sum, min-p by a max (what `warp` did before its thresholds were
-               found by bisection)
+               sort and a cumulative sum, min-p by a max (how `warp` worked before its thresholds
+               were found by bisection)
 
 and both as a share of the target's one-token step (`measure.StepTimer`, batch 1, measured in the
 same run). Each row is checked: both implementations give the same probabilities (max abs diff).
@@ -76,7 +77,10 @@ def run(target: str = "gemma3-270m", positions: int = 5, repeats: int = 20, dtyp
     V = model.module.config.vocab_size
     step_s = micro.StepTimer(lm, params, batch=1).measure([], repeats=repeats)["target_step_s"]
     rng = np.random.default_rng(0)
-    shapes = {"flat": rng.normal(size=(1, positions, V)) * 1e-3, "peaked": rng.normal(size=(1, positions, V)) * 3.0}
+    nucleus = rng.normal(size=(1, positions, V))
+    nucleus[..., rng.permutation(V)[:100]] = 18.0 + np.linspace(0.0, -8.0, 100)
+    shapes = {"flat": rng.normal(size=(1, positions, V)) * 1e-3, "broad": rng.normal(size=(1, positions, V)) * 3.0,
+              "nucleus": nucleus}
     sort_free = jax.jit(sampling.warp)
     rows = []
     for shape, values in shapes.items():
