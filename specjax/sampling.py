@@ -174,6 +174,11 @@ def _use_candidates(V: int) -> bool:
     return -(-V // CAND_WIDTH) > CAND_BLOCKS
 
 
+def _or_full(on, ok, fast, full):
+    """`fast` where `ok`, else `full()`: computed only when some active row lacks the fast answer."""
+    return jax.lax.cond(jnp.any(on & ~ok), lambda: jnp.where(ok, fast, full()), lambda: fast)
+
+
 def _top_k_mask(logits_v, s: RowSampling):
     """Keep each row's k largest logits (ties with the k-th kept); rows with k = 0 untouched.
 
@@ -199,7 +204,7 @@ def _top_k_mask(logits_v, s: RowSampling):
             ids, _, kb, _ = _candidate_blocks(key, CAND_BLOCKS)
             small = k <= CAND_BLOCKS
             fast = kth_of(_gather_blocks(kb, ids), k)
-            kth = jax.lax.cond(jnp.any(on & ~small), lambda: jnp.where(small, fast, kth_of(key, k)), lambda: fast)
+            kth = _or_full(on, small, fast, lambda: kth_of(key, k))
         return jnp.where(on & (key < kth), -jnp.inf, x)
 
     return jax.lax.cond(jnp.any(on), apply, lambda x: x, logits_v)
@@ -251,8 +256,7 @@ def _top_p_mask(logits_v, s: RowSampling):
             below = jnp.sum(jnp.where(ck <= outside, cp, 0.0), axis=-1, keepdims=True)
             fits = jnp.where(tail, out_mass + below <= q, above >= p)
             fast = edge_of(ck, cp, out_mass)
-            edge = jax.lax.cond(jnp.any(on & ~fits), lambda: jnp.where(fits, fast, edge_of(key, probs, 0.0)),
-                                lambda: fast)
+            edge = _or_full(on, fits, fast, lambda: edge_of(key, probs, 0.0))
         return jnp.where(on & (key <= edge), -jnp.inf, x)
 
     return jax.lax.cond(jnp.any(on), apply, lambda x: x, logits_v)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import time
 
@@ -142,10 +141,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     report = run(args.target, tuple(args.vocab or VOCABS), tuple(args.gamma or GAMMAS), args.batch, args.dtype,
                  args.repeats)
-    print(table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    from specjax.bench import measure
+
+    measure.emit(report, table(report), args.json)
     return 0
 
 

@@ -100,3 +100,13 @@ def drafter_time(sampler: Sampler, *, batch: int, sampling: SamplingConfig, targ
     t = _median_time(propose, draft_params, params, state, repeats=max(3, repeats // PROPOSALS_PER_CALL))
     t /= PROPOSALS_PER_CALL
     return {"propose_s": t, "c": t / (gamma * target_step_s)}
+
+
+def emit(report: dict, table: str, json_path: str | None) -> None:
+    """A cost bench's ending: its markdown table on stdout, its report as JSON at `json_path` if given."""
+    import json
+
+    print(table)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=2)

@@ -20,7 +20,6 @@ same run). Each row is checked: both implementations give the same probabilities
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -54,10 +53,6 @@ def sorting_warp(logits, temperature: float, top_k=None, top_p=None, min_p=None)
     return jax.nn.softmax(x, axis=-1)
 
 
-def label(s: dict) -> str:
-    return " ".join([f"T={s['temperature']}"] + [f"{k}={s[k]}" for k in ("top_k", "top_p", "min_p") if s.get(k)])
-
-
 def run(target: str = "gemma3-270m", positions: int = 5, repeats: int = 20, dtype: str = "float32") -> dict:
     import functools
 
@@ -67,6 +62,7 @@ def run(target: str = "gemma3-270m", positions: int = 5, repeats: int = 20, dtyp
 
     from specjax import sampling
     from specjax.bench import measure as micro
+    from specjax.bench.harness import sampling_label
     from specjax.config import SamplingConfig
     from specjax.lm import LM
     from specjax.models import load
@@ -86,14 +82,14 @@ def run(target: str = "gemma3-270m", positions: int = 5, repeats: int = 20, dtyp
     for shape, values in shapes.items():
         logits = jnp.asarray(values, jnp.float32)
         for s in SETTINGS:
-            cfg = SamplingConfig.make(s["temperature"], s.get("top_k"), s.get("top_p"), s.get("min_p"))
+            cfg = SamplingConfig.coerce(s)
             row_cfg = jax.tree.map(jnp.asarray, sampling.RowSampling.of(cfg, 1, vocab_size=V))
             sorted_fn = jax.jit(functools.partial(sorting_warp, temperature=s["temperature"], top_k=s.get("top_k"),
                                                   top_p=s.get("top_p"), min_p=s.get("min_p")))
             t_new = micro._median_time(sort_free, logits, row_cfg, repeats=repeats)
             t_old = micro._median_time(sorted_fn, logits, repeats=repeats)
             diff = float(jnp.max(jnp.abs(sort_free(logits, row_cfg) - sorted_fn(logits))))
-            rows.append({"shape": shape, "setting": label(s), "sort_free_ms": 1e3 * t_new, "sorting_ms": 1e3 * t_old,
+            rows.append({"shape": shape, "setting": sampling_label(s), "sort_free_ms": 1e3 * t_new, "sorting_ms": 1e3 * t_old,
                          "sort_free_share": t_new / step_s, "sorting_share": t_old / step_s, "max_abs_diff": diff})
             print(_row(rows[-1]), file=sys.stderr, flush=True)
     return {"target": target, "vocab": V, "positions": positions, "dtype": dtype, "target_step_ms": 1e3 * step_s,
@@ -123,10 +119,9 @@ def main(argv=None) -> int:
     p.add_argument("--json")
     args = p.parse_args(argv)
     report = run(args.target, args.positions, args.repeats, args.dtype)
-    print(table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    from specjax.bench import measure
+
+    measure.emit(report, table(report), args.json)
     return 0
 
 

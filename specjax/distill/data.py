@@ -110,8 +110,7 @@ def generate_responses(target, prompts: list[tuple[str, bool]], *, samples: int 
         chat = prompts[jobs[start][0]][1]
         part = [job for job in jobs[start:start + batch] if prompts[job[0]][1] == chat]
         start += len(part)
-        seeds = [int(np.random.SeedSequence([seed, s, i] + ([j] if j else [])).generate_state(1)[0])
-                 for i, s, j in part]
+        seeds = [_seed(seed, s, i, *([j] if j else [])) for i, s, j in part]
         sampling = [SamplingConfig(temperature=temps[j]) if temps[j] > 0 else SamplingConfig() for _, _, j in part]
         result = sampler([prompts[i][0] for i, _, _ in part], sampling=sampling, max_new_tokens=max_new_tokens,
                          seed=seeds, chat=chat)
@@ -153,12 +152,12 @@ def generate_self_prompts(target, n: int, *, temperature: float = 1.0, top_p: fl
     prefix = user_turn_prefix(tokenizer)
     eos = list(tokenizer.eos_ids)
     sampler = Sampler(target, None)
-    sampling = SamplingConfig.make(temperature, None, top_p if top_p < 1 else None)
+    sampling = SamplingConfig.make(temperature, None, top_p)
     seen, out = set(), []
     bar = _progress(n, "writing prompts", progress)
     for start in range(0, n, batch):
         rows = list(range(start, min(n, start + batch)))
-        seeds = [int(np.random.SeedSequence([seed, 1, r]).generate_state(1)[0]) for r in rows]
+        seeds = [_seed(seed, 1, r) for r in rows]
         result = sampler([prefix] * len(rows), sampling=sampling, max_new_tokens=max_tokens, seed=seeds, eos_ids=eos)
         for toks in result.tokens:
             if not toks or toks[-1] not in eos:
@@ -170,6 +169,11 @@ def generate_self_prompts(target, n: int, *, temperature: float = 1.0, top_p: fl
         bar.update(len(rows))
     bar.close()
     return out
+
+
+def _seed(*parts: int) -> int:
+    """A row's decoding seed derived from integers (recipe seed, sample, prompt, ...)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
 def _progress(total: int, desc: str, enabled: bool):
