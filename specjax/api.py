@@ -12,10 +12,11 @@ __all__ = ["GenerateResult", "generate"]
 
 
 def generate(target, prompts, *, draft=None, sampling: SamplingConfig | Sequence[SamplingConfig] | None = None,
-             gamma: int = 4, max_new_tokens: int | Sequence[int] = 64, seed: int | Sequence[int] = 0,
+             gamma: int | str = 4, max_new_tokens: int | Sequence[int] = 64, seed: int | Sequence[int] = 0,
              chat: bool = False,
              eos_ids: Sequence[int] | None = None, mesh=None, rules=None, draft_rules=None,
-             load_model=None, load_head=None, verify: str = "batched") -> GenerateResult:
+             load_model=None, load_head=None, verify: str = "batched", gamma_max: int | None = None,
+             policy: dict | None = None, calibration: str | None = None) -> GenerateResult:
     """Generate continuations of `prompts` (strings, or lists of token ids) with `target`.
 
     draft: None for plain autoregressive decoding; a loaded draft model with the target's tokenizer;
@@ -25,7 +26,8 @@ def generate(target, prompts, *, draft=None, sampling: SamplingConfig | Sequence
     pair (see `specjax.drafters.registry`).
     sampling: temperature / top-k / top-p (greedy by default), one SamplingConfig for all prompts or
     a list with one per prompt; max_new_tokens and seed likewise (seed=[s0, s1, ...] makes each row
-    reproducible alone, see `Sampler`). gamma: proposals per round (G).
+    reproducible alone, see `Sampler`). gamma: proposals per round (G), or "auto" (each round picks
+    its window up to gamma_max inside the loop: `specjax.policy`; policy / calibration as `Sampler`).
     mesh: a `specjax.sharding.make_mesh(data, model)` mesh to shard params, caches and state over
     (rules / draft_rules: logical-axis tables, see `specjax.sharding`). verify: "batched" or
     "stepwise" (bit-for-bit equal to plain greedy decoding in any dtype, slower; see `Sampler`).
@@ -33,5 +35,6 @@ def generate(target, prompts, *, draft=None, sampling: SamplingConfig | Sequence
     timings (compile time apart from run time).
     """
     sampler = Sampler(target, draft, gamma=gamma, eos_ids=eos_ids, mesh=mesh, rules=rules, draft_rules=draft_rules,
-                      load_model=load_model, load_head=load_head, verify=verify)
+                      load_model=load_model, load_head=load_head, verify=verify, gamma_max=gamma_max, policy=policy,
+                      calibration=calibration)
     return sampler(prompts, sampling=sampling, max_new_tokens=max_new_tokens, seed=seed, chat=chat)

@@ -34,6 +34,7 @@ from specjax.config import GREEDY, SamplingConfig
 from specjax.drafters.base import Observation, TargetPrefill
 from specjax.errors import ConfigError
 from specjax.lm import LM
+from specjax.policy import Adapt
 from specjax.rejection import Proposal, Verdict
 from specjax.sampling import RowSampling, row_keys
 
@@ -117,6 +118,7 @@ class SpecState:
     eos_ids: jax.Array  # [B,E] int32, -1 = unused slot
     steps: jax.Array  # [] int32, target forward passes after prefill
     stats: SpecStats
+    adapt: Any = None  # `policy.Adapt` under gamma="auto" (the window policy's running estimates), else None
 
     @property
     def size(self) -> int:
@@ -148,6 +150,10 @@ class Decoder:
     output equals plain greedy output bit for bit in any dtype and on any backend; it costs about
     G+1 target steps per round (a debugging and trust mode, not a fast one; see README, "Exactness,
     per dtype").
+
+    policy: a `specjax.policy.Policy` for gamma="auto": each round verifies one of its compiled widths
+    (0 = a plain step), chosen in the loop from running acceptance estimates (`adaptive_round`);
+    `gamma` is then the largest window G_max and bounds the widths.
     """
 
     lm: LM
@@ -157,6 +163,7 @@ class Decoder:
     gamma: int = 0
     rule: Callable = rejection.accept
     verify: str = "batched"
+    policy: Any = None
 
     def __post_init__(self):
         if self.verify not in VERIFY_MODES:
@@ -173,6 +180,8 @@ class Decoder:
                               f"indices in [0, {L}] (the input of block i; {L} = the last block's output)")
         if self.size < self.gamma + 2:
             raise ConfigError(f"buffer size {self.size} leaves no room for a round of G = {self.gamma}")
+        if self.policy is not None and max(self.policy.widths) > self.gamma:
+            raise ConfigError(f"policy widths {self.policy.widths} exceed the window bound G = {self.gamma}")
 
     @property
     def headroom(self) -> int:
@@ -192,6 +201,8 @@ class Decoder:
         def body(state: SpecState) -> SpecState:
             if self.drafter is None:
                 return ar_step(self, params, state)
+            if self.policy is not None:
+                return adaptive_round(self, params, draft_params, state)
             return spec_round(self, params, draft_params, state)
 
         return jax.lax.while_loop(not_finished, body, state)
@@ -264,6 +275,7 @@ def start(dec: Decoder, params, draft_params, batch: Batch) -> SpecState:
         eos_ids=batch.eos_ids.astype(jnp.int32),
         steps=jnp.zeros((), jnp.int32),
         stats=SpecStats.zeros(B, dec.gamma),
+        adapt=None if dec.policy is None else Adapt.zeros(B, dec.gamma),
     )
     positions_bp = prompt_positions(state.prompt_lengths, batch.active, P)
     last_b = jnp.maximum(state.prompt_lengths - 1, 0)
@@ -316,7 +328,7 @@ def verify(dec: Decoder, params, state: SpecState, proposal: Proposal) -> tuple[
         pad_g = ((0, 0), (0, G), (0, 0))
         return jnp.pad(logits_b1v, pad_g), cache, jnp.pad(taps_nb1d, ((0, 0),) + pad_g)
 
-    if dec.drafter is not None and dec.drafter.may_abstain:
+    if dec.drafter is not None and dec.drafter.may_abstain and G > 0:
         logits_bgv, cache, taps_nbgd = jax.lax.cond(jnp.any((draft_bg[:, 0] >= 0) & ~state.done), full, single, None)
     else:
         logits_bgv, cache, taps_nbgd = full(None)
@@ -373,6 +385,55 @@ def spec_round(dec: Decoder, params, draft_params, state: SpecState) -> SpecStat
     verified, cache = verify(dec, params, state, proposal)
     verdict = accept(dec, k_accept_b, state, proposal, verified)
     return commit_round(dec, params, draft_params, state, verified, verdict, cache)
+
+
+def adaptive_round(dec: Decoder, params, draft_params, state: SpecState) -> SpecState:
+    """One round under gamma="auto": the policy picks a verify width W from its compiled ones, and
+    that branch of a `lax.switch` drafts W proposals, verifies W + 1 positions and applies the rule
+    (W = 0: one plain step through the same rule); its outputs are padded to G_max, then committed
+    as any round. A drafter whose proposals are nearly free (`proposes_once`, prompt lookup) drafts
+    G_max before the choice, so the policy sees how many each row has."""
+    policy, G = dec.policy, dec.gamma
+    B = state.tokens.shape[0]
+    keys_b, k_draft_b, k_accept_b = sampling.split_keys(state.keys, 3)
+    state = state.replace(keys=keys_b)
+    active_b = ~state.done
+    once = getattr(dec.drafter, "proposes_once", False)
+    if once:
+        full, state = draft(dec, params, draft_params, state, k_draft_b)
+        available_b = jnp.sum(full.tokens >= 0, axis=1)
+    else:
+        available_b = jnp.full((B,), G, jnp.int32)
+    index = policy.choose(state.adapt, available_b, active_b, state.steps)
+    width_g1 = G + 1
+
+    def branch(W: int):
+        def run(state: SpecState):
+            if W == 0:
+                proposal = Proposal(jnp.zeros((B, 0), jnp.int32))
+            elif once:
+                proposal = Proposal(full.tokens[:, :W], None if full.q is None else full.q[:, :W])
+            else:
+                proposal, state = dec.drafter.propose(draft_params, params, state, k_draft_b, W, state.sampling,
+                                                      dec.vocab_size)
+            verified, cache = verify(dec, params, state, proposal)
+            verdict = accept(dec, k_accept_b, state, proposal, verified)
+            pad = width_g1 - (W + 1)
+            padded = Verdict(accepted=verdict.accepted, tokens=jnp.pad(verdict.tokens, ((0, 0), (0, pad))),
+                             proposed=jnp.pad(verdict.proposed, ((0, 0), (0, pad))))
+            seen = Verified(tokens=jnp.pad(verified.tokens, ((0, 0), (0, pad))),
+                            positions=jnp.pad(verified.positions, ((0, 0), (0, pad)), constant_values=-1),
+                            logits=jnp.zeros((B, 0, 0), jnp.float32),
+                            taps=jnp.pad(verified.taps, ((0, 0), (0, 0), (0, pad), (0, 0))))
+            return padded, seen, cache, state.draft
+
+        return run
+
+    verdict, verified, cache, dstate = jax.lax.switch(index, [branch(W) for W in policy.widths], state)
+    width = jnp.asarray(policy.widths, jnp.int32)[index]
+    state = commit_round(dec, params, draft_params, state.replace(draft=dstate), verified, verdict, cache)
+    adapt = policy.update(state.adapt, verdict.accepted, verdict.proposed, active_b, width)
+    return state.replace(adapt=adapt)
 
 
 def ar_step(dec: Decoder, params, state: SpecState) -> SpecState:

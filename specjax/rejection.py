@@ -57,7 +57,7 @@ def verdict(proposal: Proposal, n_b: jax.Array, next_b: jax.Array) -> Verdict:
     """The block [B,G+1] that a rule emits: the accepted prefix of the proposals, then `next_b`."""
     draft_bg = proposal.tokens
     G = draft_bg.shape[1]
-    padded_bg1 = jnp.concatenate([draft_bg, jnp.zeros_like(draft_bg[:, :1])], axis=1)
+    padded_bg1 = jnp.concatenate([draft_bg, jnp.zeros((draft_bg.shape[0], 1), draft_bg.dtype)], axis=1)
     block_bg1 = jnp.where(jnp.arange(G + 1) < n_b[:, None], padded_bg1, next_b[:, None])
     return Verdict(accepted=n_b.astype(jnp.int32), tokens=block_bg1.astype(jnp.int32), proposed=draft_bg >= 0)
 
@@ -122,8 +122,11 @@ def accept_sampled(keys_b: jax.Array, draft_bg: jax.Array, q_bgv: jax.Array | No
 def accept_given_uniforms(u_bg: jax.Array, u_next_b: jax.Array, draft_bg: jax.Array, q_bgv: jax.Array | None,
                           p_bg1v: jax.Array) -> tuple[jax.Array, jax.Array]:
     """`accept_sampled` with its uniforms given: u [B,G] for the acceptance tests, u_next [B] for the
-    draw of the next token (by inverse CDF, `sampling.inverse_cdf`)."""
+    draw of the next token (by inverse CDF, `sampling.inverse_cdf`). With no proposals (G = 0: a plain
+    step) the next token is drawn from p itself."""
     G = draft_bg.shape[1]
+    if G == 0:
+        return jnp.zeros(draft_bg.shape[:1], jnp.int32), sampling_lib.inverse_cdf(u_next_b, p_bg1v[:, 0])
     present_bg = draft_bg >= 0
     ids_bg = jnp.maximum(draft_bg, 0)
     p_d_bg = jnp.take_along_axis(p_bg1v[:, :G], ids_bg[..., None], axis=-1)[..., 0]

@@ -96,4 +96,9 @@ def statistics(state, rows: int, *, speculative: bool) -> dict[str, Any]:
     if speculative:
         counters = {name: np.asarray(getattr(state.stats, name))[:rows] for name in COUNTERS}
         stats.update(summarize_rounds(counters, new_tokens))
+        adapt = getattr(state, "adapt", None)
+        if adapt is not None:  # gamma="auto": the windows the policy chose
+            rounds = int(np.sum(counters["rounds"]))
+            stats["mean_window"] = float(np.sum(np.asarray(adapt.width)[:rows]) / rounds) if rounds else None
+            stats["plain_rounds"] = int(np.sum(np.asarray(adapt.plain)[:rows]))
     return stats

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax import report, sampling, sharding as shd, validate
+from specjax import policy as policy_lib, report, sampling, sharding as shd, validate
 from specjax.config import SamplingConfig, cache_dir
 from specjax.drafters import registry
 from specjax.errors import ConfigError
@@ -252,16 +252,31 @@ class Sampler:
     model)` mesh (default: one device); rules / draft_rules: logical-axis tables. verify: "batched"
     (one (G+1)-token target pass per round) or "stepwise" (G+1 one-token passes: greedy output equals
     plain greedy output bit for bit in any dtype, at about G+1 target steps per round).
+
+    gamma: proposals per round (G), or "auto": each round picks its window in 0..gamma_max inside the
+    loop (`specjax.policy`), from running acceptance estimates and the costs `specjax calibrate`
+    measured for this machine, target, drafter and batch size (stated defaults without them).
+    gamma_max: the bound under "auto" (default 8; 16 for prompt lookup). policy: keyword arguments
+    for `specjax.policy.Policy` (prior, decay, ...); calibration: the calibration file to read.
     """
 
-    def __init__(self, target, draft=None, *, gamma: int = 4, eos_ids: Sequence[int] | None = None, mesh=None,
-                 rules=None, draft_rules=None, load_model=None, load_head=None, verify: str = "batched"):
+    def __init__(self, target, draft=None, *, gamma: int | str = 4, eos_ids: Sequence[int] | None = None, mesh=None,
+                 rules=None, draft_rules=None, load_model=None, load_head=None, verify: str = "batched",
+                 gamma_max: int | None = None, policy: dict | None = None, calibration: str | None = None):
         if not hasattr(target, "module"):
             hint = (f"; load it with specjax.models.load({target!r})" if isinstance(target, (str, os.PathLike))
                     else " such as specjax.models.load(...) returns")
             raise ConfigError(f"target must be a loaded model (with .module and .tokenizer){hint}, got "
                               f"{type(target).__name__}")
-        gamma = validate.integer("gamma", gamma, low=1)
+        gamma = policy_lib.parse_gamma(gamma)
+        self.auto = gamma == "auto"
+        if gamma_max is not None:
+            gamma_max = validate.integer("gamma_max", gamma_max, low=1)
+            if not self.auto:
+                raise ConfigError("gamma_max bounds gamma='auto'; with a fixed gamma leave it out")
+        self.policy_options = dict(policy or {})
+        self.calibration = calibration
+        self.draft_label = draft if isinstance(draft, str) else None
         if verify not in VERIFY_MODES:
             raise ConfigError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
         self.verify = verify
@@ -284,20 +299,35 @@ class Sampler:
         if draft is not None:
             resolved = registry.resolve(draft, _Model(module, self.tokenizer), load_model=load_model,
                                         load_head=load_head)
-            self.drafter, self.draft_params, self.gamma = resolved.drafter, resolved.params, gamma
+            self.drafter, self.draft_params = resolved.drafter, resolved.params
+            if self.auto:
+                once = getattr(self.drafter, "proposes_once", False)
+                gamma = gamma_max or (policy_lib.DEFAULT_GAMMA_MAX_LOOKUP if once else policy_lib.DEFAULT_GAMMA_MAX)
+                self.draft_label = self.draft_label or getattr(self.drafter, "name", type(self.drafter).__name__)
+            self.gamma = gamma
             if resolved.vocab_limit is not None:
                 limit, rows = min(limit, resolved.vocab_limit), max(rows, resolved.rows or rows)
+        elif self.auto:
+            raise ConfigError("gamma='auto' needs a drafter")
         self.vocab_limit = limit if limit < rows else None
         self._memory: dict[tuple, Any] = {}  # (batch, size) -> report.memory; ("request", ...) -> check_memory's
 
-    def decoder(self, *, max_new_tokens: int, prompt_len: int) -> Decoder:
-        """The static decoder for this prompt bucket and a buffer that holds `max_new_tokens` (bucketed
-        by `size_bucket`, so nearby lengths share it)."""
+    def decoder(self, *, max_new_tokens: int, prompt_len: int, batch: int = 1) -> Decoder:
+        """The static decoder for this prompt bucket, `batch` rows (the policy's costs under "auto") and a
+        buffer that holds `max_new_tokens` (bucketed by `size_bucket`, so nearby lengths share it)."""
         # never more proposals per round than tokens wanted after the first (which the prefill emits)
         gamma = min(self.gamma, max(1, max_new_tokens - 1)) if self.drafter is not None else 0
         need = prompt_len + max_new_tokens + (1 if self.drafter is None else gamma + 2)
+        policy = self.window_policy(batch, gamma) if self.auto else None
         return Decoder(lm=self.lm, size=size_bucket(need), vocab_size=self.vocab_limit, drafter=self.drafter,
-                       gamma=gamma, verify=self.verify)
+                       gamma=gamma, verify=self.verify, policy=policy)
+
+    def window_policy(self, batch: int, gamma_max: int):
+        """The gamma="auto" policy for `batch` rows and windows up to `gamma_max` (`policy.auto_policy`)."""
+        return policy_lib.auto_policy(
+            model=model_label(self.lm, self.params), drafter=self.draft_label, batch=batch, gamma_max=gamma_max,
+            draft_cost=float(getattr(self.drafter, "default_cost", policy_lib.DEFAULT_DRAFT_COST)),
+            must_observe=getattr(self.drafter, "must_observe", False), path=self.calibration, **self.policy_options)
 
     def batch(self, ids: list[list[int]], *, sampling=None, max_new_tokens=64, seed=0, eos_ids=None) -> Batch:
         """Host-side inputs for these tokenised prompts: padded to the buckets, settings per row."""
@@ -344,7 +374,7 @@ class Sampler:
         batch = self.batch(ids, sampling=sampling, max_new_tokens=max_new_tokens, seed=seed, eos_ids=eos_ids)
         self.check_context(ids, np.asarray(batch.max_new_tokens)[:len(ids)].tolist())
         decoder = self.decoder(max_new_tokens=int(np.max(np.asarray(batch.max_new_tokens))),
-                               prompt_len=batch.prompt.shape[1])
+                               prompt_len=batch.prompt.shape[1], batch=batch.prompt.shape[0])
         self.check_memory(batch=batch.prompt.shape[0], prompt=batch.prompt.shape[1], length=decoder.size)
         before = COMPILED.compilations
         program, compile_s = self.program(decoder, batch)
@@ -404,6 +434,13 @@ class Sampler:
         total = sum(len(o) for o in out)
         timing = {"compile_s": compile_s, "run_s": run_s, "tokens_per_s": total / run_s if run_s > 0 else 0.0}
         return GenerateResult(tokens=out, text=text, prompt_tokens=ids, stats=stats, timing=timing)
+
+
+def model_label(lm: LM, params) -> str:
+    """The target's identity in the calibration file: family, shape and parameter dtype."""
+    c = lm.config
+    dtypes = sorted({str(x.dtype) for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating)})
+    return f"{c.family}-L{c.num_layers}-D{c.dim}-V{c.vocab_size}-{'+'.join(dtypes)}"
 
 
 @dataclasses.dataclass

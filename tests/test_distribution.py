@@ -104,14 +104,15 @@ def accept_always(keys_b, proposal, target_logits_bg1v, cfg, vocab_size=None):
     return rejection.verdict(proposal, n_b, sampling.sample_probs(keys_b, p_n_bv))
 
 
-def sample_rows(target, draft, configs: list, rule=rejection.accept, seed: int = 0) -> np.ndarray:
+def sample_rows(target, draft, configs: list, rule=rejection.accept, seed: int = 0, policy=None) -> np.ndarray:
     """One batched decode of len(configs) copies of PROMPT, row b sampled with configs[b] -> its K
-    tokens as an index into the V^K continuations [rows]."""
+    tokens as an index into the V^K continuations [rows]. policy: a gamma="auto" window policy."""
     lm, params = LM.split(target.module)
     resolved = registry.resolve(draft, target)
     rows = len(configs)
     prompt = jnp.tile(jnp.asarray(PROMPT, jnp.int32), (rows, 1))
-    dec = loop.Decoder(lm=lm, drafter=resolved.drafter, gamma=GAMMA, size=len(PROMPT) + K + GAMMA + 2, rule=rule)
+    dec = loop.Decoder(lm=lm, drafter=resolved.drafter, gamma=GAMMA, size=len(PROMPT) + K + GAMMA + 2, rule=rule,
+                       policy=policy)
     batch = loop.Batch.make(prompt, jnp.full((rows,), len(PROMPT)), max_new_tokens=K, sampling=configs,
                             key=jax.random.key(seed))
     state = loop.generate(dec, params, resolved.params, batch)
@@ -120,8 +121,9 @@ def sample_rows(target, draft, configs: list, rule=rejection.accept, seed: int =
     return sum(out[:, i] * V ** (K - 1 - i) for i in range(K))
 
 
-def sample_continuations(target, draft, cfg: SamplingConfig, rule=rejection.accept, seed: int = 0) -> np.ndarray:
-    index = sample_rows(target, draft, [cfg] * N, rule=rule, seed=seed)
+def sample_continuations(target, draft, cfg: SamplingConfig, rule=rejection.accept, seed: int = 0,
+                         policy=None) -> np.ndarray:
+    index = sample_rows(target, draft, [cfg] * N, rule=rule, seed=seed, policy=policy)
     return np.bincount(index, minlength=V ** K)
 
 
@@ -171,6 +173,44 @@ def test_wrong_acceptance_rule_is_detected_with_an_eagle_head(models, head):
     counts = sample_continuations(models[0], head, cfg, rule=accept_always)
     p_value = chi_square_p_value(counts, exact_distribution(models[0], cfg))
     assert p_value < 1e-6, f"eagle: the always-accept rule was not detected (p = {p_value:.2e})"
+
+
+def every_width(draft, target):
+    """A policy visiting widths 0, 1, 2 in turn (test_policy.CyclingPolicy): with K = 3 tokens each
+    sample goes through a plain step, a one-proposal and a two-proposal round (width 0 left out for
+    drafters that must see every round)."""
+    from test_policy import cycling
+
+    return cycling(GAMMA, 1 if getattr(registry.resolve(draft, target).drafter, "must_observe", False) else 0)
+
+
+@pytest.mark.parametrize("drafter", DRAFTERS)
+@pytest.mark.parametrize("name", ["temperature-1", "top-p-0.8"])
+def test_samples_follow_the_target_through_every_width_of_gamma_auto(models, head, name, drafter):
+    target, cfg = models[0], CONFIGS[name]
+    draft = pick(drafter, models, head)
+    counts = sample_continuations(target, draft, cfg, policy=every_width(draft, target))
+    p_value = chi_square_p_value(counts, exact_distribution(target, cfg))
+    assert p_value > 1e-3, f"auto {drafter} {name}: samples do not follow the target (p = {p_value:.2e})"
+
+
+def test_samples_follow_the_target_under_the_auto_policy(models):
+    """The real policy (default costs) choosing windows from its estimates, with prompt lookup."""
+    from specjax.policy import Costs, Policy
+
+    target, cfg = models[0], CONFIGS["temperature-1"]
+    policy = Policy.make(Costs.default(GAMMA, N, 0.0), gamma_max=GAMMA)
+    index = sample_rows(target, "ngram:2", [cfg] * N, policy=policy)
+    p_value = chi_square_p_value(np.bincount(index, minlength=V ** K), exact_distribution(target, cfg))
+    assert p_value > 1e-3, f"auto ngram: samples do not follow the target (p = {p_value:.2e})"
+
+
+def test_wrong_acceptance_rule_is_detected_under_gamma_auto(models):
+    target, draft = models
+    cfg = CONFIGS["temperature-1"]
+    counts = sample_continuations(target, draft, cfg, rule=accept_always, policy=every_width(draft, target))
+    p_value = chi_square_p_value(counts, exact_distribution(target, cfg))
+    assert p_value < 1e-6, f"auto: the always-accept rule was not detected (p = {p_value:.2e})"
 
 
 def test_draft_disagrees_with_target(models):

@@ -14,6 +14,14 @@ Attributes:
     taps: tuple[int, ...]  target layers whose input hidden states the drafter wants to see (see
                            `specjax.lm`); () for none, and then the target computes nothing extra
 
+Attributes read by the gamma="auto" policy (`specjax.policy`), with defaults in `Stateless`:
+    proposes_once: bool    proposals cost next to nothing (prompt lookup): draft G_max every round,
+                           before the window is chosen, and truncate
+    must_observe: bool     the drafter's own state must see every committed token through its own
+                           rounds (a draft model re-syncing on the two newest tokens): the policy then
+                           never picks a plain (width 0) round, except as the batch fallback
+    default_cost: float    cost of one proposal in target steps, assumed until `specjax calibrate` ran
+
 Methods, in the order the loop calls them:
     init(draft_params, target_params, batch, size) -> dstate
         allocate the drafter's state for `batch` rows and `size` buffer slots.
@@ -108,6 +116,9 @@ class Stateless:
 
     may_abstain = False
     taps: tuple[int, ...] = ()
+    proposes_once = False
+    must_observe = False
+    default_cost = 0.3
 
     def init(self, draft_params, target_params, batch, size):
         return None

@@ -39,6 +39,10 @@ class SharedCacheLayerSkip(Stateless):
     name: str = "layerskip"
     may_abstain: bool = False
 
+    @property
+    def default_cost(self) -> float:
+        return len(self.layers) / self.lm.config.num_layers
+
     def propose(self, draft_params, target_params, state, keys, gamma, sampling, vocab_size):
         def apply(tokens_bt, positions_bt, cache):
             logits_btv, cache, _ = self.lm.forward(target_params, tokens_bt, positions_bt, cache, layers=self.layers)

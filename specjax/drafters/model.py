@@ -24,6 +24,7 @@ class ModelDrafter(Stateless):
     target_vocab: int | None = None  # pad / cut q to the target's vocabulary when it differs
     name: str = "model"
     may_abstain: bool = False
+    must_observe = True  # its cache re-syncs on the two newest tokens only
 
     def _params(self, draft_params, target_params):
         return target_params if self.shares_target_params else draft_params

@@ -25,6 +25,8 @@ class NGramDrafter(Stateless):
     nmin: int = 1
     name: str = "ngram"
     may_abstain: bool = True
+    proposes_once = True
+    default_cost = 0.0
 
     def __post_init__(self):
         if not 1 <= self.nmin <= self.nmax:

@@ -1,0 +1,278 @@
+"""Speculate only when it pays: the window of every round chosen inside the jit (`gamma="auto"`).
+
+Axes: B batch, G the largest window (G_max), W the compiled verify widths.
+
+Each round the loop picks one verify width W from a few compiled ones (`Policy.widths`, e.g. 0, 1, 2,
+4, 8; 0 is a plain one-token step) and runs that branch of a `lax.switch`: the drafter proposes W
+tokens, the target verifies W + 1 positions, the rule decides, and everything is padded back to
+G_max so the loop's shapes never change. The width maximises the batch's expected tokens per unit
+of time:
+
+    rate(W) = sum_b E_b(W) / (B_active * cost(W)),   E_b(W) = 1 + sum_{i=1..min(W, m_b)} prod_{j<i} a_bj
+
+where a_bj is row b's running estimate of P(proposal j accepted | 0..j-1 accepted) and m_b the
+proposals the row has (prompt lookup: what its match offers; other drafters: G_max), and
+cost(W) = (drafting W proposals + a (W+1)-token verify pass) / one plain target step, measured by
+`specjax calibrate` for this machine, target, drafter and batch size (`Costs`), or stated defaults.
+cost(0) = 1 and E(0) = 1: a plain step. So a round speculates only when its expected rate beats
+plain decoding, and every row then proposes up to W tokens: once the batch pays for a width, extra
+proposals cost nothing more and can only add tokens.
+
+Estimates (`Adapt`, part of the loop state): per row and draft position, counts of proposals
+reached and accepted, decayed by `decay` every round (so a row that changes character, e.g. from
+copying its prompt to free text, is followed). A position's estimate is shrunk towards its row's
+pooled rate, and the pooled rate towards `prior`, by pseudo-counts; as the counts of a row that
+stopped drafting decay, its estimate returns to the prior and the row is probed again.
+
+Exactness does not depend on any of this: the window of a round is fixed from the past before the
+round draws anything, and speculative decoding is exact for every window, so each row still follows
+its target. (Rows share the width, so with "auto" a row's tokens depend on the batch it runs in;
+with a fixed gamma a row run alone with the same key draws the same tokens.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+import numpy as np
+
+from specjax import metrics, validate
+from specjax.config import cache_dir
+from specjax.errors import ConfigError
+
+DEFAULT_GAMMA_MAX = 8
+DEFAULT_GAMMA_MAX_LOOKUP = 16  # prompt lookup: proposals are nearly free, matches can be long
+CALIBRATION_FILE = "calibration.json"
+CALIBRATION_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+# Stated defaults when no calibration exists: a (W+1)-token verify pass costs 1 + VERIFY_SLOPE * W
+# target steps at batch 1, the slope growing with the batch (rows make the pass compute-bound);
+# a drafter's own `default_cost` per proposal, or DEFAULT_DRAFT_COST.
+VERIFY_SLOPE = 0.04
+DEFAULT_DRAFT_COST = 0.3
+
+
+def widths_for(gamma_max: int) -> tuple[int, ...]:
+    """The compiled widths for a largest window G_max: 0, then powers of two below it, then G_max."""
+    out = [0]
+    w = 1
+    while w < gamma_max:
+        out.append(w)
+        w *= 2
+    return tuple(out + [gamma_max])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Costs:
+    """Round costs for one batch size, in plain target steps: `round[W]` for W in 0..G_max (round[0]
+    = 1, a plain step) = (drafting W proposals + the (W+1)-token verify pass) / one-token step."""
+
+    round: tuple[float, ...]
+    source: str = "default"
+
+    @classmethod
+    def default(cls, gamma_max: int, batch: int, draft_cost: float) -> "Costs":
+        slope = VERIFY_SLOPE * max(1, batch) ** 0.5
+        return cls(round=(1.0,) + tuple(w * draft_cost + 1.0 + slope * w for w in range(1, gamma_max + 1)),
+                   source=f"default (c = {draft_cost:g}, v(G) = 1 + {slope:.3g} G)")
+
+
+@struct.dataclass
+class Adapt:
+    """Decayed counts per row and draft position [B, G]: proposals reached and accepted."""
+
+    reached: jax.Array  # [B, G] float32
+    accepted: jax.Array  # [B, G] float32
+    width: jax.Array  # [B] int32, the sum of the verify widths of the row's rounds (statistics)
+    plain: jax.Array  # [B] int32, the row's rounds of width 0 (plain steps)
+
+    @classmethod
+    def zeros(cls, batch: int, gamma: int) -> "Adapt":
+        z, zb = jnp.zeros((batch, gamma), jnp.float32), jnp.zeros((batch,), jnp.int32)
+        return cls(reached=z, accepted=z, width=zb, plain=zb)
+
+    def logical_axes(self) -> "Adapt":
+        return Adapt(reached=("batch", None), accepted=("batch", None), width=("batch",), plain=("batch",))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Policy:
+    """The static half of `gamma="auto"` (hashable: part of the loop's `Decoder`).
+
+    widths: compiled verify widths, ascending, starting at 0 (or at 1 for drafters that must see every
+    round), ending at G_max. round_cost: cost(W) for each of `widths` (see `Costs`). prior: the
+    acceptance rate assumed before a row has evidence; strength / pooled_strength: pseudo-counts
+    pulling a position's estimate to its row's pooled rate, and that to the prior; decay: the factor
+    counts keep per round."""
+
+    widths: tuple[int, ...]
+    round_cost: tuple[float, ...]
+    prior: float = 0.6
+    strength: float = 2.0
+    pooled_strength: float = 2.0
+    decay: float = 0.9
+    source: str = "default"
+
+    def __post_init__(self):
+        w = self.widths
+        if not w or list(w) != sorted(set(w)) or w[0] < 0:
+            raise ConfigError(f"policy widths must be distinct, ascending and >= 0, got {w}")
+        if len(self.round_cost) != len(w) or not all(c > 0 for c in self.round_cost):
+            raise ConfigError(f"policy round_cost needs one positive cost per width {w}, got {self.round_cost}")
+        if not 0.0 < self.prior < 1.0 or not 0.0 < self.decay <= 1.0:
+            raise ConfigError(f"policy prior must be in (0, 1) and decay in (0, 1], got {self.prior}, {self.decay}")
+
+    @classmethod
+    def make(cls, costs: Costs, *, gamma_max: int, min_width: int = 0, **kw) -> "Policy":
+        """The policy over `widths_for(gamma_max)` (from `min_width` on) with these costs."""
+        if len(costs.round) < gamma_max + 1:
+            raise ConfigError(f"costs cover windows up to {len(costs.round) - 1}, G_max is {gamma_max}")
+        widths = tuple(w for w in widths_for(gamma_max) if w >= min_width)
+        return cls(widths=widths, round_cost=tuple(float(costs.round[w]) for w in widths), source=costs.source, **kw)
+
+    def estimates(self, adapt: Adapt) -> jax.Array:
+        """a [B, G]: each row's acceptance estimate by draft position."""
+        pooled_b1 = ((adapt.accepted.sum(-1, keepdims=True) + self.pooled_strength * self.prior)
+                     / (adapt.reached.sum(-1, keepdims=True) + self.pooled_strength))
+        return (adapt.accepted + self.strength * pooled_b1) / (adapt.reached + self.strength)
+
+    def expected_tokens(self, a_bg: jax.Array, available_b: jax.Array) -> jax.Array:
+        """E_b(W) [B, n_widths]: expected tokens a round of each width emits for row b."""
+        G = a_bg.shape[1]
+        reach_bg = jnp.cumprod(a_bg, axis=1)  # P(proposals 0..j accepted)
+        reach_bg = jnp.where(jnp.arange(G) < available_b[:, None], reach_bg, 0.0)
+        cum_bg1 = jnp.concatenate([jnp.ones_like(reach_bg[:, :1]), 1.0 + jnp.cumsum(reach_bg, axis=1)], axis=1)
+        return cum_bg1[:, jnp.asarray(self.widths)]
+
+    def choose(self, adapt: Adapt, available_b: jax.Array, active_b: jax.Array, steps: jax.Array) -> jax.Array:
+        """The index into `widths` of this round's verify width (a traced int32 scalar)."""
+        E_bw = self.expected_tokens(self.estimates(adapt), available_b)
+        total_w = jnp.sum(jnp.where(active_b[:, None], E_bw, 0.0), axis=0)
+        rate_w = total_w / jnp.asarray(self.round_cost, jnp.float32)
+        return jnp.argmax(rate_w).astype(jnp.int32)  # ties: the narrowest
+
+    def update(self, adapt: Adapt, accepted_b: jax.Array, proposed_bg: jax.Array, active_b: jax.Array,
+               width: jax.Array) -> Adapt:
+        """Fold one round in: proposal j was reached if it existed and 0..j-1 were accepted."""
+        j_g = jnp.arange(proposed_bg.shape[1])
+        reached = (j_g <= accepted_b[:, None]) & proposed_bg & active_b[:, None]
+        accepted = (j_g < accepted_b[:, None]) & active_b[:, None]
+        return Adapt(reached=self.decay * adapt.reached + reached, accepted=self.decay * adapt.accepted + accepted,
+                     width=adapt.width + jnp.where(active_b, width, 0),
+                     plain=adapt.plain + (active_b & (width == 0)))
+
+
+# --- calibration: measured costs on this machine ------------------------------------------------
+
+
+def calibration_path() -> str:
+    return os.fspath(cache_dir() / CALIBRATION_FILE)
+
+
+def calibration_key(*, backend: str, device_kind: str, model: str, drafter: str) -> str:
+    return f"{backend}|{device_kind}|{model}|{drafter}"
+
+
+def device_identity() -> tuple[str, str]:
+    d = jax.devices()[0]
+    return d.platform, getattr(d, "device_kind", d.platform)
+
+
+def load_calibration(path: str | None = None) -> dict:
+    path = path or calibration_path()
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"calibration file {path} is unreadable ({err}); delete it or run specjax calibrate") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"calibration file {path} must hold a JSON object")
+    return data
+
+
+def save_calibration(key: str, entry: dict, path: str | None = None) -> str:
+    """Store (or replace) one calibration entry; -> the file written."""
+    path = path or calibration_path()
+    data = load_calibration(path)
+    data[key] = entry
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def costs_from_entry(entry: dict, batch: int, gamma_max: int) -> Costs | None:
+    """The calibrated costs for `batch` rows: the entry's nearest measured batch size at or above it
+    (the largest measured one past them); None when the entry does not cover gamma_max."""
+    rows = {int(b): r for b, r in entry.get("batches", {}).items()}
+    if not rows:
+        return None
+    above = [b for b in rows if b >= batch]
+    b = min(above) if above else max(rows)
+    cost = rows[b].get("round")
+    if not isinstance(cost, list) or len(cost) < gamma_max + 1:
+        return None
+    return Costs(round=tuple(float(x) for x in cost[:gamma_max + 1]), source=f"calibrated (batch {b})")
+
+
+def fallback_batch(entry: dict, prior: float) -> int | None:
+    """The smallest measured batch size at which no window is predicted to beat plain decoding even
+    at acceptance `prior` for every proposal (speculation loses there on this machine); None if none."""
+    for b, r in sorted((int(b), r) for b, r in entry.get("batches", {}).items()):
+        cost = r["round"]
+        if all(metrics.expected_tokens_per_round(prior, w) / cost[w] <= 1.0 for w in range(1, len(cost))):
+            return b
+    return None
+
+
+def resolve_costs(*, model: str, drafter: str, batch: int, gamma_max: int, draft_cost: float,
+                  path: str | None = None) -> tuple[Costs, dict | None]:
+    """Calibrated costs for this device, target, drafter and batch, else the stated defaults.
+    -> (costs, the calibration entry or None)."""
+    backend, kind = device_identity()
+    entry = load_calibration(path).get(calibration_key(backend=backend, device_kind=kind, model=model, drafter=drafter))
+    costs = costs_from_entry(entry, batch, gamma_max) if entry else None
+    return (costs or Costs.default(gamma_max, batch, draft_cost)), (entry if costs else None)
+
+
+def auto_policy(*, model: str, drafter: str, batch: int, gamma_max: int, draft_cost: float,
+                must_observe: bool = False, path: str | None = None, **kw) -> Policy:
+    """The `gamma="auto"` policy for one compiled batch size. Above the calibrated fallback batch size
+    the only width is 0 (plain decoding in the same program). Drafters that must see every round
+    (a draft model with its own cache) never get width 0 otherwise."""
+    costs, entry = resolve_costs(model=model, drafter=drafter, batch=batch, gamma_max=gamma_max,
+                                 draft_cost=draft_cost, path=path)
+    policy = Policy.make(costs, gamma_max=gamma_max, min_width=1 if must_observe else 0, **kw)
+    limit = fallback_batch(entry, policy.prior) if entry else None
+    if limit is not None and batch >= limit:
+        return Policy(widths=(0,), round_cost=(1.0,), source=f"{costs.source}; plain from batch {limit}",
+                      **{k: v for k, v in kw.items()})
+    return policy
+
+
+def parse_gamma(value, *, name: str = "gamma") -> int | str:
+    """An int >= 1, or "auto"."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isdigit():
+            value = int(text)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return validate.integer(name, value, low=1)
+    raise ConfigError(f"{name} must be an integer >= 1 or 'auto', got {value!r}")
+
+
+def round_costs_from_times(step_s: float, verify_s: Sequence[float], draft_s: Sequence[float]) -> list[float]:
+    """round[W] = (draft_s[W] + verify_s[W]) / step_s for W >= 1, round[0] = 1 (lists indexed by W)."""
+    return [1.0] + [(draft_s[w] + verify_s[w]) / step_s for w in range(1, len(verify_s))]
