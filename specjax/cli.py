@@ -47,7 +47,13 @@ def _check_generate_args(args):
 
     sampling = SamplingConfig.make(args.temperature, args.top_k, args.top_p, args.min_p)
     validate.integer("--max-new-tokens", args.max_new_tokens, low=1)
-    validate.integer("--gamma", args.gamma, low=1)
+    from specjax.policy import parse_gamma
+
+    args.gamma = parse_gamma(args.gamma, name="--gamma")
+    if args.gamma_max is not None:
+        validate.integer("--gamma-max", args.gamma_max, low=1)
+        if args.gamma != "auto":
+            raise ConfigError("--gamma-max bounds --gamma auto; with a fixed --gamma leave it out")
     validate.seed("--seed", args.seed)
     if args.drafter and args.draft:
         raise ConfigError(f"--draft {args.draft!r} and --drafter {args.drafter!r} both name a drafter; give one")
@@ -62,6 +68,8 @@ def _check_generate_args(args):
 
                 raise ModelNotFoundError(f"--drafter {drafter!r}: {spec.name!r} is neither an EAGLE-3 head directory "
                                          f"(no config.json there) nor a built-in head ({', '.join(BUILTIN_HEADS)})")
+    if args.gamma == "auto" and drafter is None:
+        raise ConfigError("--gamma auto needs a drafter (--drafter)")
     if args.verify == "stepwise" and drafter is None:
         raise ConfigError("--verify stepwise needs a drafter (--drafter); plain decoding has no verify pass")
     if args.mesh:
@@ -99,7 +107,7 @@ def _cmd_generate(args) -> int:
             raise ConfigError(f"--mesh {args.mesh} asks for {data * model} devices; this run has {jax.device_count()} "
                               "(all processes' devices; on CPU --local-devices N exposes N)")
         mesh = make_mesh(data, model)
-    sampler = Sampler(target, drafter, gamma=args.gamma, mesh=mesh, verify=args.verify,
+    sampler = Sampler(target, drafter, gamma=args.gamma, mesh=mesh, verify=args.verify, gamma_max=args.gamma_max,
                       **_loaders(target, args.dtype, progress=not args.json))
     load_s = time.perf_counter() - start
     result = sampler(prompts, sampling=sampling, max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat)
@@ -113,6 +121,8 @@ def _cmd_generate(args) -> int:
     spec = ""
     if "acceptance_rate" in s and s["acceptance_rate"] is not None:
         spec = f"acceptance {s['acceptance_rate']:.2f}, {s['mean_tokens_per_round']:.2f} tokens/round; "
+        if s.get("mean_window") is not None:
+            spec += f"mean window {s['mean_window']:.2f}, {s['plain_rounds']} plain rounds; "
     print(f"[{sum(s['new_tokens'])} tokens, {t['tokens_per_s']:.1f} tok/s; {spec}"
           f"load {load_s:.1f}s, compile {t['compile_s']:.1f}s ({t['compilations']} programs), run {t['run_s']:.2f}s]",
           file=sys.stderr)
@@ -171,6 +181,18 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_calibrate(args) -> int:
+    from specjax.bench.calibrate import run_cli
+
+    return run_cli(args)
+
+
+def _cmd_advise(args) -> int:
+    from specjax.bench.advise import run_cli
+
+    return run_cli(args)
+
+
 def _cmd_distill(args) -> int:
     from specjax.distill.train import Recipe, run
 
@@ -211,8 +233,10 @@ def _cmd_demo(args) -> int:
     from specjax.models import load
     from specjax.sampler import Sampler
 
+    from specjax.policy import parse_gamma
+
     validate.integer("--max-new-tokens", args.max_new_tokens, low=1)
-    validate.integer("--gamma", args.gamma, low=1)
+    args.gamma = parse_gamma(args.gamma, name="--gamma")
     registry.parse(args.drafter)
     target = load(args.target, progress=True)
     runs = {}
@@ -251,7 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "directory in the community layout: config.json + safetensors). "
                    "Omit for plain autoregressive decoding")
     g.add_argument("--draft", help="shorthand for --drafter model:DRAFT")
-    g.add_argument("--gamma", type=int, default=4, help="proposals per speculation round (G), default 4")
+    g.add_argument("--gamma", default="4", help="proposals per speculation round (G), default 4; or auto: each round "
+                   "picks its window (0 = a plain step) from running acceptance estimates and the costs `specjax "
+                   "calibrate` measured (stated defaults without them)")
+    g.add_argument("--gamma-max", type=int, default=None, help="the largest window under --gamma auto (default 8; "
+                   "16 for prompt lookup)")
     g.add_argument("--verify", default="batched", choices=["batched", "stepwise"],
                    help="batched (default): one (G+1)-token target pass per round; stepwise: G+1 one-token passes, "
                    "bit for bit the computation of plain decoding (greedy output equal to plain greedy in any dtype), "
@@ -283,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="plain and speculative decoding of one prompt side by side")
     d.add_argument("--target", default="smollm2-135m-instruct")
     d.add_argument("--drafter", default="ngram:3", help="default ngram:3 (prompt lookup)")
-    d.add_argument("--gamma", type=int, default=8)
+    d.add_argument("--gamma", default="8", help="G, or auto")
     d.add_argument("--max-new-tokens", type=int, default=128)
     d.add_argument("--prompt", default=DEMO_PROMPT, help="default: a text to correct (the output repeats the input, "
                    "where prompt lookup pays)")
@@ -293,6 +321,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("config", help="YAML config, e.g. configs/bench/smollm2.yaml")
     b.add_argument("--out", default=None, help="output directory (default: benchmarks/<config name>)")
     b.set_defaults(func=_cmd_bench)
+
+    k = sub.add_parser("calibrate", help="measure what speculation rounds of each width cost on this machine, per "
+                       "batch size, for --gamma auto (stored in $SPECJAX_CACHE/calibration.json)")
+    from specjax.bench.calibrate import add_arguments as _calibrate_arguments
+
+    _calibrate_arguments(k)
+    k.set_defaults(func=_cmd_calibrate)
+
+    a = sub.add_parser("advise", help="which drafter and window to use on your prompts, per batch size: acceptance "
+                       "by position, c, v, predicted and measured speedups, a recommendation and a plot")
+    from specjax.bench.advise import add_arguments as _advise_arguments
+
+    _advise_arguments(a)
+    a.set_defaults(func=_cmd_advise)
 
     t = sub.add_parser("distill", help="train a draft on the target's own outputs from a YAML recipe "
                        "(see configs/distill/)")

@@ -355,12 +355,15 @@ def accept(dec: Decoder, keys_b, state: SpecState, proposal: Proposal, verified:
 
 def commit_round(dec: Decoder, params, draft_params, state: SpecState, verified: Verified, verdict: Verdict,
                  cache: KVCache) -> SpecState:
-    """Step 4: append each row's block, update the statistics, let the drafter observe the round."""
-    G = dec.gamma
+    """Step 4: append each row's block, update the statistics, let the drafter observe the round.
+
+    A round narrower than G (an adaptive round of width W < G) is committed and observed at its own
+    width; its statistics are counted in the G-wide counters."""
+    G, W = dec.gamma, verdict.proposed.shape[1]
     active_b1 = ~state.done[:, None]
     n_b = jnp.where(active_b1[:, 0], verdict.accepted, 0)
     j_g = jnp.arange(G)
-    present_bg = verdict.proposed & active_b1
+    present_bg = jnp.pad(verdict.proposed, ((0, 0), (0, G - W))) & active_b1
     stats = state.stats
     stats = stats.replace(
         rounds=stats.rounds + active_b1[:, 0],
@@ -372,7 +375,7 @@ def commit_round(dec: Decoder, params, draft_params, state: SpecState, verified:
     state = state.replace(cache=cache, steps=state.steps + 1, stats=stats)
     state, emitted_b = commit(state, verdict.tokens, verdict.count, headroom=dec.headroom)
     next_b = jnp.take_along_axis(verdict.tokens, verdict.accepted[:, None], axis=1)[:, 0]
-    observation = Observation(tokens=verified.tokens, proposed=present_bg, positions=verified.positions,
+    observation = Observation(tokens=verified.tokens, proposed=present_bg[:, :W], positions=verified.positions,
                               taps=verified.taps, accepted=n_b, committed=emitted_b,
                               next_tokens=jnp.where(active_b1[:, 0], next_b, -1))
     return state.replace(draft=dec.drafter.observe(draft_params, params, state.draft, observation))
@@ -390,8 +393,9 @@ def spec_round(dec: Decoder, params, draft_params, state: SpecState) -> SpecStat
 def adaptive_round(dec: Decoder, params, draft_params, state: SpecState) -> SpecState:
     """One round under gamma="auto": the policy picks a verify width W from its compiled ones, and
     that branch of a `lax.switch` drafts W proposals, verifies W + 1 positions and applies the rule
-    (W = 0: one plain step through the same rule); its outputs are padded to G_max, then committed
-    as any round. A drafter whose proposals are nearly free (`proposes_once`, prompt lookup) drafts
+    (W = 0: one plain step through the same rule), commits and lets the drafter observe at width W
+    (so a narrow round costs the drafter's `observe` no more than it verified; only the statistics
+    are G_max wide). A drafter whose proposals are nearly free (`proposes_once`, prompt lookup) drafts
     G_max before the choice, so the policy sees how many each row has."""
     policy, G = dec.policy, dec.gamma
     B = state.tokens.shape[0]
@@ -405,7 +409,6 @@ def adaptive_round(dec: Decoder, params, draft_params, state: SpecState) -> Spec
     else:
         available_b = jnp.full((B,), G, jnp.int32)
     index = policy.choose(state.adapt, available_b, active_b, state.steps)
-    width_g1 = G + 1
 
     def branch(W: int):
         def run(state: SpecState):
@@ -418,22 +421,14 @@ def adaptive_round(dec: Decoder, params, draft_params, state: SpecState) -> Spec
                                                       dec.vocab_size)
             verified, cache = verify(dec, params, state, proposal)
             verdict = accept(dec, k_accept_b, state, proposal, verified)
-            pad = width_g1 - (W + 1)
-            padded = Verdict(accepted=verdict.accepted, tokens=jnp.pad(verdict.tokens, ((0, 0), (0, pad))),
-                             proposed=jnp.pad(verdict.proposed, ((0, 0), (0, pad))))
-            seen = Verified(tokens=jnp.pad(verified.tokens, ((0, 0), (0, pad))),
-                            positions=jnp.pad(verified.positions, ((0, 0), (0, pad)), constant_values=-1),
-                            logits=jnp.zeros((B, 0, 0), jnp.float32),
-                            taps=jnp.pad(verified.taps, ((0, 0), (0, 0), (0, pad), (0, 0))))
-            return padded, seen, cache, state.draft
+            after = commit_round(dec, params, draft_params, state, verified, verdict, cache)
+            proposed_bg = jnp.pad(verdict.proposed, ((0, 0), (0, G - W)))
+            return after.replace(adapt=policy.update(state.adapt, verdict.accepted, proposed_bg, active_b,
+                                                     jnp.int32(W)))
 
         return run
 
-    verdict, verified, cache, dstate = jax.lax.switch(index, [branch(W) for W in policy.widths], state)
-    width = jnp.asarray(policy.widths, jnp.int32)[index]
-    state = commit_round(dec, params, draft_params, state.replace(draft=dstate), verified, verdict, cache)
-    adapt = policy.update(state.adapt, verdict.accepted, verdict.proposed, active_b, width)
-    return state.replace(adapt=adapt)
+    return jax.lax.switch(index, [branch(W) for W in policy.widths], state)
 
 
 def ar_step(dec: Decoder, params, state: SpecState) -> SpecState:

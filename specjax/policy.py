@@ -211,15 +211,23 @@ def save_calibration(key: str, entry: dict, path: str | None = None) -> str:
     return path
 
 
-def costs_from_entry(entry: dict, batch: int, gamma_max: int) -> Costs | None:
-    """The calibrated costs for `batch` rows: the entry's nearest measured batch size at or above it
-    (the largest measured one past them); None when the entry does not cover gamma_max."""
-    rows = {int(b): r for b, r in entry.get("batches", {}).items()}
-    if not rows:
+def entry_batch(entry: dict, batch: int) -> int | None:
+    """The measured batch size that stands for `batch` rows: the nearest at or above it (the largest
+    measured one past them); None for an entry without measurements."""
+    sizes = [int(b) for b in entry.get("batches", {})]
+    if not sizes:
         return None
-    above = [b for b in rows if b >= batch]
-    b = min(above) if above else max(rows)
-    cost = rows[b].get("round")
+    above = [b for b in sizes if b >= batch]
+    return min(above) if above else max(sizes)
+
+
+def costs_from_entry(entry: dict, batch: int, gamma_max: int) -> Costs | None:
+    """The calibrated costs for `batch` rows (at `entry_batch`); None when the entry has none or does
+    not cover gamma_max."""
+    b = entry_batch(entry, batch)
+    if b is None:
+        return None
+    cost = entry["batches"][str(b)].get("round")
     if not isinstance(cost, list) or len(cost) < gamma_max + 1:
         return None
     return Costs(round=tuple(float(x) for x in cost[:gamma_max + 1]), source=f"calibrated (batch {b})")

@@ -130,6 +130,10 @@ BAD_GENERATE = [
     (["--drafter", "ngram:3:1:7"], "expected ngram:NMAX"),
     (["--verify", "stepwise"], "--verify stepwise needs a drafter"),
     (["--local-devices", "0"], "--local-devices must be >= 1"),
+    (["--gamma", "fast"], "--gamma must be an integer >= 1 or 'auto'"),
+    (["--gamma", "auto"], "--gamma auto needs a drafter"),
+    (["--drafter", "ngram:2", "--gamma", "4", "--gamma-max", "8"], "--gamma-max bounds --gamma auto"),
+    (["--drafter", "ngram:2", "--gamma", "auto", "--gamma-max", "0"], "--gamma-max must be >= 1"),
 ]
 
 
@@ -209,3 +213,45 @@ def test_demo_gives_the_sampler_loaders_for_model_and_eagle_drafters(monkeypatch
             main(["demo", "--target", "t", "--drafter", drafter])
         draft, kwargs = seen[-1]
         assert draft == drafter and callable(kwargs.get("load_head")) and callable(kwargs.get("load_model"))
+
+
+def test_generate_with_gamma_auto_reports_the_windows(hf_dir, capsys):
+    args = ["generate", "--target", str(hf_dir), "--prompt", "hello world hello world", "--max-new-tokens", "8",
+            "--json"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(args + ["--drafter", "ngram:2", "--gamma", "auto", "--gamma-max", "4"]) == 0
+    auto = json.loads(capsys.readouterr().out)
+    assert auto["tokens"] == plain["tokens"]
+    assert auto["stats"]["mean_window"] is not None and auto["stats"]["plain_rounds"] >= 0
+
+
+def test_calibrate_then_advise_on_a_tiny_model(hf_dir, tmp_path, capsys):
+    """calibrate stores per-batch round costs that the auto policy then reads; advise reads them,
+    predicts, measures and recommends (tiny sizes: this checks the plumbing, not the figures)."""
+    from specjax import policy
+
+    cal = str(tmp_path / "cal.json")
+    assert main(["calibrate", "--target", str(hf_dir), "--drafter", "ngram:2", "--gamma-max", "2", "--batches", "1,2",
+                 "--repeats", "1", "--file", cal]) == 0
+    out = capsys.readouterr().out
+    assert "| batch |" in out and "stored as" in out
+    (key, entry), = policy.load_calibration(cal).items()
+    assert key.endswith("|ngram:2") and set(entry["batches"]) == {"1", "2"} and entry["widths"] == [0, 1, 2]
+    for row in entry["batches"].values():
+        assert row["round"][0] == 1.0 and len(row["round"]) == 3 and all(x > 0 for x in row["round"])
+        assert set(row["v"]) == set(row["c"]) == {"1", "2"}
+    out_dir = tmp_path / "advice"
+    prompts = tmp_path / "prompts.yaml"  # the tiny tokenizer has no chat template
+    prompts.write_text("chat: false\nprompts:\n  - hello world hello world\n  - the lazy dog the lazy dog\n")
+    assert main(["advise", "--target", str(hf_dir), "--drafters", "ngram:2", "--prompts", str(prompts), "--count", "2",
+                 "--gamma-max", "2", "--batches", "1,2", "--measure", "1,2", "--max-new-tokens", "6",
+                 "--calibration", cal, "--out", str(out_dir)]) == 0
+    report = json.loads((out_dir / "advice.json").read_text())
+    assert set(report["recommend"]) == {"1", "2"} and (out_dir / "advice.png").exists()
+    r = report["drafters"]["ngram:2"]
+    assert r["calibration"] == key  # read, not measured again
+    assert set(r["measured_b1"]) >= {"1", "2"} and len(r["p_accepted_at"]) == 2
+    assert "Ranking at batch 1" in capsys.readouterr().out
+    assert main(["calibrate", "--target", str(hf_dir), "--drafter", "ngram:2", "--batches", "1,x"]) == 2
+    assert "--batches must be comma-separated integers" in capsys.readouterr().err

@@ -184,8 +184,8 @@ def every_width(draft, target):
     return cycling(GAMMA, 1 if getattr(registry.resolve(draft, target).drafter, "must_observe", False) else 0)
 
 
-@pytest.mark.parametrize("drafter", DRAFTERS)
-@pytest.mark.parametrize("name", ["temperature-1", "top-p-0.8"])
+@pytest.mark.parametrize("drafter,name", [(d, "temperature-1") for d in DRAFTERS]
+                         + [("ngram:2", "top-p-0.8"), ("eagle", "top-p-0.8")])
 def test_samples_follow_the_target_through_every_width_of_gamma_auto(models, head, name, drafter):
     target, cfg = models[0], CONFIGS[name]
     draft = pick(drafter, models, head)

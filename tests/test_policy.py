@@ -167,8 +167,8 @@ def drafter_for(name, target):
     return perturbed(target, 1, 0.005) if name == "model" else name
 
 
-@pytest.mark.parametrize("drafter", DRAFTERS)
-def test_greedy_auto_equals_plain_greedy_for_every_drafter(target, ar_tokens, drafter):
+@pytest.mark.parametrize("drafter", ["ngram:3", "layerskip:1"])  # the others: every width, below
+def test_greedy_auto_equals_plain_greedy(target, ar_tokens, drafter):
     result = api.generate(target, PROMPTS, draft=drafter_for(drafter, target), gamma="auto", max_new_tokens=40)
     assert result.tokens == ar_tokens
     assert result.stats["mean_window"] is not None

@@ -13,6 +13,9 @@ A config (see configs/bench/*.yaml) names:
   peers                  {transformers: true, gamma: G, repeats: N}: transformers greedy generate and its
                          assisted generation (prompt lookup; assistant model for model:truncate:K drafters)
   batch_sweep            {drafter, gamma, batches: [...], suite, max_new_tokens, repeats}
+  auto_sweep             {drafters: [...], suites: [...], batches: [...], gammas: [...], prompts, max_new_tokens,
+                         repeats}: per suite, drafter and batch size, plain decoding, gamma="auto" and (at
+                         batch 1) every fixed G: is auto never slower than plain, and as fast as the best G?
   markdown               {file: BENCHMARKS.md, section: NAME}: refresh that section in place
 
 Writes OUT/results.json (every figure), OUT/results.md (the tables) and OUT/*.png (plots).
@@ -67,6 +70,7 @@ class BenchConfig:
     cost_ratios: bool = True
     peers: dict = dataclasses.field(default_factory=dict)
     batch_sweep: dict = dataclasses.field(default_factory=dict)
+    auto_sweep: dict = dataclasses.field(default_factory=dict)
     markdown: dict = dataclasses.field(default_factory=dict)
     name: str = "bench"
 
@@ -75,6 +79,7 @@ class BenchConfig:
         nested table before any model is loaded."""
         for table, value, allowed in (("sampling", None, SAMPLING_KEYS), ("peers", self.peers, PEER_KEYS),
                                       ("batch_sweep", self.batch_sweep, SWEEP_KEYS),
+                                      ("auto_sweep", self.auto_sweep, AUTO_KEYS),
                                       ("markdown", self.markdown, MARKDOWN_KEYS)):
             for entry in self.sampling if value is None else [value]:
                 if not isinstance(entry, dict):
@@ -87,13 +92,16 @@ class BenchConfig:
         sweep = self.batch_sweep
         if sweep and "drafter" not in sweep:
             raise ConfigError("batch_sweep needs a 'drafter'")
-        for text in self.drafters + ([sweep["drafter"]] if sweep else []):
+        auto = self.auto_sweep
+        for text in self.drafters + ([sweep["drafter"]] if sweep else []) + list(auto.get("drafters", [])):
             truncated_layers(registry.parse(text))  # a ConfigError naming the string
-        for g in self.gammas + ([sweep.get("gamma", SWEEP_GAMMA)] if sweep else []):
+        for g in self.gammas + ([sweep.get("gamma", SWEEP_GAMMA)] if sweep else []) + list(auto.get("gammas", [])):
             if not isinstance(g, int) or g < 1:
                 raise ConfigError(f"G must be an integer >= 1, got {g!r}")
         known = suite_names()
-        for suite in self.suites + ([sweep["suite"]] if "suite" in sweep else []):
+        if auto and not auto.get("drafters"):
+            raise ConfigError("auto_sweep needs 'drafters'")
+        for suite in self.suites + ([sweep["suite"]] if "suite" in sweep else []) + list(auto.get("suites", [])):
             if suite not in known:
                 raise ConfigError(f"unknown prompt suite {suite!r}; choose from {', '.join(known)}")
 
@@ -125,6 +133,7 @@ class BenchConfig:
 SAMPLING_KEYS = frozenset({"temperature", "top_k", "top_p", "min_p"})
 PEER_KEYS = frozenset({"transformers", "gamma", "repeats"})
 SWEEP_KEYS = frozenset({"drafter", "gamma", "batches", "max_new_tokens", "suite", "repeats"})
+AUTO_KEYS = frozenset({"drafters", "suites", "batches", "gammas", "prompts", "max_new_tokens", "repeats"})
 MARKDOWN_KEYS = frozenset({"file", "section"})
 
 
@@ -144,12 +153,13 @@ class Samplers:
         self.target, self.drafts = target, DraftModels(target, dtype)
         self.built: dict[tuple, Sampler] = {}
 
-    def __call__(self, drafter: str | None = None, gamma: int = 0) -> Sampler:
+    def __call__(self, drafter: str | None = None, gamma: int | str = 0) -> Sampler:
         key = (drafter, gamma if drafter is not None else 0)
         if key not in self.built:
             from specjax.models import load_eagle
 
-            self.built[key] = Sampler(self.target, drafter, gamma=max(gamma, 1), eos_ids=(), load_model=self.drafts,
+            g = gamma if gamma == "auto" else max(gamma, 1)
+            self.built[key] = Sampler(self.target, drafter, gamma=g, eos_ids=(), load_model=self.drafts,
                                       load_head=lambda path: load_eagle(path, dtype=self.target.module.dtype))
         return self.built[key]
 
@@ -210,6 +220,8 @@ def run(cfg: BenchConfig, out_dir: str | os.PathLike) -> dict:
         results["peers"] = _peers(cfg, samplers, suites)
     if cfg.batch_sweep:
         results["batch_sweep"] = _batch_sweep(cfg, samplers)
+    if cfg.auto_sweep:
+        results["auto_sweep"] = _auto_sweep(cfg, samplers)
     results["wall_s"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
     if find_spec("matplotlib") is not None:
@@ -306,4 +318,35 @@ def _batch_sweep(cfg: BenchConfig, samplers: Samplers) -> list[dict]:
                      "speedup": point["tokens_per_s"] / base["tokens_per_s"],
                      "acceptance_rate": point["acceptance_rate"],
                      "mean_tokens_per_round": point["mean_tokens_per_round"]})
+    return rows
+
+
+def _auto_sweep(cfg: BenchConfig, samplers: Samplers) -> list[dict]:
+    """Per suite, batch size and drafter: plain decoding, gamma="auto", and at batch 1 every fixed G of
+    `gammas`; greedy, EOS ignored. Rows of {suite, batch, drafter, mode ("plain", "auto", "G=g"),
+    tokens_per_s, speedup over plain at the same batch and suite, a, tokens/round, mean window}."""
+    sw = cfg.auto_sweep
+    n = sw.get("prompts", cfg.prompts_per_suite)
+    common = dict(max_new_tokens=sw.get("max_new_tokens", 48), repeats=sw.get("repeats", 1), seed=cfg.seed)
+    jobs = []
+    for suite in sw.get("suites", cfg.suites):
+        for b in sw.get("batches", [1, 2, 4, 8, 16, 32, 64]):
+            jobs.append((suite, b, None, 0))
+            for d in sw["drafters"]:
+                jobs.append((suite, b, d, "auto"))
+                if b == 1:
+                    jobs += [(suite, b, d, g) for g in sw.get("gammas", [])]
+    rows, plain = [], {}
+    for suite, b, drafter, gamma in tqdm(jobs, desc="auto sweep", unit="point"):
+        prompts, chat = load_suite(suite, None)
+        group = prompts[:max(n, b)] if b == 1 else batches(prompts, b)[0]
+        point = measure(samplers(drafter, gamma), group, batch=b, chat=chat and cfg.chat_template, **common)
+        mode = "plain" if drafter is None else ("auto" if gamma == "auto" else f"G={gamma}")
+        if drafter is None:
+            plain[suite, b] = point["tokens_per_s"]
+        rows.append({"suite": suite, "batch": b, "drafter": drafter or "plain", "mode": mode,
+                     "tokens_per_s": point["tokens_per_s"], "speedup": point["tokens_per_s"] / plain[suite, b],
+                     "compile_s": point["compile_s"],
+                     **{k: point.get(k) for k in ("acceptance_rate", "mean_tokens_per_round", "mean_window",
+                                                  "plain_rounds", "acceptance_by_position")}})
     return rows

@@ -77,9 +77,55 @@ def markdown(results: dict, out_dir: Path, link_base: Path | None = None) -> str
                          f"{r['speedup']:.2f}x | {_f(r['acceptance_rate'], '.3f')} | "
                          f"{_f(r['mean_tokens_per_round'])} |")
         lines.append("")
+    if results.get("auto_sweep"):
+        lines += auto_sweep_markdown(results["auto_sweep"])
     for png in sorted(Path(out_dir).glob("*.png")):
         lines.append(f"![{png.stem}]({(base / png.name).as_posix()})")
     return "\n".join(lines) + "\n"
+
+
+def auto_sweep_summary(rows: list[dict]) -> list[dict]:
+    """Per (suite, drafter): auto's worst speedup over plain across batch sizes, and at batch 1 auto
+    against the best fixed G (auto / best)."""
+    out = []
+    for suite, drafter in sorted({(r["suite"], r["drafter"]) for r in rows if r["mode"] != "plain"}):
+        mine = [r for r in rows if (r["suite"], r["drafter"]) == (suite, drafter)]
+        auto = [r for r in mine if r["mode"] == "auto"]
+        worst = min(auto, key=lambda r: r["speedup"]) if auto else None
+        fixed1 = [r for r in mine if r["batch"] == 1 and r["mode"].startswith("G=")]
+        best = max(fixed1, key=lambda r: r["speedup"]) if fixed1 else None
+        auto1 = next((r for r in auto if r["batch"] == 1), None)
+        out.append({"suite": suite, "drafter": drafter, "worst_auto": worst and worst["speedup"],
+                    "worst_batch": worst and worst["batch"], "auto_b1": auto1 and auto1["speedup"],
+                    "best_fixed": best and best["speedup"], "best_mode": best and best["mode"],
+                    "auto_vs_best": auto1["speedup"] / best["speedup"] if auto1 and best else None})
+    return out
+
+
+def auto_sweep_markdown(rows: list[dict]) -> list[str]:
+    batches = sorted({r["batch"] for r in rows})
+    lines = ["**gamma = auto against plain decoding and fixed windows** (greedy; speedup = tokens/s over plain "
+             "decoding at the same batch size and suite, whole calls; mean window = the verify width the policy "
+             "chose, averaged over rounds; 0 = a plain step)", "",
+             "| suite | drafter | " + " | ".join(f"B={b}" for b in batches) + " | best fixed G at B=1 | auto / best |",
+             "|---|---|" + "---|" * len(batches) + "---|---|"]
+    summary = {(s["suite"], s["drafter"]): s for s in auto_sweep_summary(rows)}
+    for (suite, drafter), s in summary.items():
+        cells = []
+        for b in batches:
+            r = next((r for r in rows if (r["suite"], r["drafter"], r["batch"], r["mode"]) ==
+                      (suite, drafter, b, "auto")), None)
+            cells.append(f"{r['speedup']:.2f}x (w {_f(r.get('mean_window'), '.1f')})" if r else "-")
+        best = f"{s['best_mode']} {s['best_fixed']:.2f}x" if s["best_fixed"] else "-"
+        lines.append(f"| {suite} | {drafter} | " + " | ".join(cells) + f" | {best} | {_f(s['auto_vs_best'])} |")
+    lines += ["", "| suite | drafter | batch | mode | tokens/s | speedup | a | tokens/round | mean window | "
+              "plain rounds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['suite']} | {r['drafter']} | {r['batch']} | {r['mode']} | {r['tokens_per_s']:.1f} | "
+                     f"{r['speedup']:.2f}x | {_f(r.get('acceptance_rate'), '.3f')} | "
+                     f"{_f(r.get('mean_tokens_per_round'))} | {_f(r.get('mean_window'))} | "
+                     f"{r.get('plain_rounds') if r.get('plain_rounds') is not None else '-'} |")
+    return lines + [""]
 
 
 def figures(results: dict) -> dict[str, Any]:
@@ -150,6 +196,24 @@ def figures(results: dict) -> dict[str, Any]:
         ax.set_title(f"{bs[0]['drafter']}, G={bs[0]['gamma']}", fontsize=9)
         fig.tight_layout()
         out["speedup_vs_batch"] = fig
+    if results.get("auto_sweep"):
+        rows = results["auto_sweep"]
+        suites = sorted({r["suite"] for r in rows})
+        fig, axes = plt.subplots(1, len(suites), figsize=(4 * len(suites), 3.2), squeeze=False)
+        for ax, suite in zip(axes[0], suites):
+            for drafter in sorted({r["drafter"] for r in rows if r["suite"] == suite and r["mode"] == "auto"}):
+                rs = sorted((r for r in rows if (r["suite"], r["drafter"], r["mode"]) == (suite, drafter, "auto")),
+                            key=lambda r: r["batch"])
+                ax.plot([r["batch"] for r in rs], [r["speedup"] for r in rs], marker="o", label=f"{drafter} auto")
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+            ax.axhline(0.97, color="red", lw=0.6, ls=":")
+            ax.set_xscale("log", base=2)
+            ax.set_title(suite, fontsize=9)
+            ax.set_xlabel("batch size")
+            ax.set_ylabel("speedup over plain")
+        axes[0][0].legend(fontsize=6)
+        fig.tight_layout()
+        out["auto_vs_batch"] = fig
     return out
 
 

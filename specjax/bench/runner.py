@@ -46,6 +46,7 @@ def measure(sampler: Sampler, prompts: Sequence, *, batch: int = 1, sampling: Sa
     seconds = np.zeros((repeats, len(groups)))
     tokens = np.zeros((repeats, len(groups)), np.int64)
     rows: dict[str, list] = {name: [] for name in (*COUNTERS, "new_tokens")}
+    windows: list[tuple[float, int]] = []  # gamma="auto": (mean window, plain rounds) per call
     for g, group in enumerate(groups):
         compile_s += sampler(group, seed=seed, **call).timing["compile_s"]
         for r in range(repeats):
@@ -53,6 +54,8 @@ def measure(sampler: Sampler, prompts: Sequence, *, batch: int = 1, sampling: Sa
             seconds[r, g], tokens[r, g] = res.timing["run_s"], sum(res.stats["new_tokens"])
             for name in rows:
                 rows[name] += res.stats.get(name, [])
+            if res.stats.get("mean_window") is not None:
+                windows.append((res.stats["mean_window"] * sum(res.stats["rounds"]), res.stats["plain_rounds"]))
     per_repeat = list(zip(seconds.sum(1).tolist(), tokens.sum(1).tolist()))  # all groups of one repeat
     tps = [tok / sec for sec, tok in per_repeat]
     out = {
@@ -70,6 +73,12 @@ def measure(sampler: Sampler, prompts: Sequence, *, batch: int = 1, sampling: Sa
         summary = summarize_rounds(rows, rows["new_tokens"])
         out.update({k: summary[k] for k in ("acceptance_rate", "accepted_per_drafted", "mean_tokens_per_round",
                                             "acceptance_by_position")})
+        out["rounds_total"] = int(sum(rows["rounds"]))
+        out["accepted_at_total"] = np.sum(np.asarray(rows["accepted_at"]), axis=0).tolist() if rows["accepted_at"] else []
+        if windows:  # gamma="auto": the mean verify width over all rounds, and the rounds that were plain steps
+            rounds = sum(rows["rounds"])
+            out["mean_window"] = sum(w for w, _ in windows) / rounds if rounds else None
+            out["plain_rounds"] = sum(p for _, p in windows)
     return out
 
 
