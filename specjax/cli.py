@@ -1,4 +1,4 @@
-"""The `specjax` command line: generate, convert, bench.
+"""The `specjax` command line: generate, convert, demo, bench, calibrate, advise, distill.
 
 The CLI is where the engine and the model zoo meet: it resolves model names and paths with
 `specjax.models` and hands the loaded models to the engine.
@@ -241,7 +241,8 @@ def _cmd_demo(args) -> int:
     target = load(args.target, progress=True)
     runs = {}
     for name, drafter in (("plain", None), (f"speculative ({args.drafter}, G = {args.gamma})", args.drafter)):
-        sampler = Sampler(target, drafter, gamma=args.gamma, **_loaders(target, None, progress=True))
+        gamma = args.gamma if drafter is not None else 4  # plain decoding has no window
+        sampler = Sampler(target, drafter, gamma=gamma, **_loaders(target, None, progress=True))
         first = sampler([args.prompt], max_new_tokens=args.max_new_tokens, chat=True)  # compiles
         timed = sampler([args.prompt], max_new_tokens=args.max_new_tokens, chat=True)
         runs[name] = (first, timed)
@@ -250,9 +251,11 @@ def _cmd_demo(args) -> int:
     width = max(len(plain_name), len(spec_name))
     for name, (first, r) in runs.items():
         extra = ""
-        if "acceptance_rate" in r.stats:
+        if r.stats.get("acceptance_rate") is not None:
             extra = (f", acceptance {r.stats['acceptance_rate']:.2f}, "
                      f"{r.stats['mean_tokens_per_round']:.2f} tokens per target pass")
+            if r.stats.get("mean_window") is not None:
+                extra += f", mean window {r.stats['mean_window']:.1f}"
         print(f"{name:<{width}}  {r.timing['tokens_per_s']:6.1f} tok/s ({sum(r.stats['new_tokens'])} tokens in "
               f"{r.timing['run_s']:.2f} s; compiled in {first.timing['compile_s']:.1f} s){extra}")
     same = plain.tokens == spec.tokens

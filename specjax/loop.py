@@ -171,6 +171,8 @@ class Decoder:
         if self.drafter is None:
             if self.gamma != 0:
                 raise ConfigError(f"gamma must be 0 without a drafter, got {self.gamma}")
+            if self.policy is not None:
+                raise ConfigError("a window policy (gamma='auto') needs a drafter")
             return
         if not isinstance(self.gamma, int) or self.gamma < 1:
             raise ConfigError(f"gamma must be an integer >= 1, got {self.gamma!r}")
@@ -180,8 +182,13 @@ class Decoder:
                               f"indices in [0, {L}] (the input of block i; {L} = the last block's output)")
         if self.size < self.gamma + 2:
             raise ConfigError(f"buffer size {self.size} leaves no room for a round of G = {self.gamma}")
-        if self.policy is not None and max(self.policy.widths) > self.gamma:
-            raise ConfigError(f"policy widths {self.policy.widths} exceed the window bound G = {self.gamma}")
+        if self.policy is not None:
+            widths = self.policy.widths
+            if max(widths) > self.gamma:
+                raise ConfigError(f"policy widths {widths} exceed the window bound G = {self.gamma}")
+            if 0 in widths and widths != (0,) and getattr(self.drafter, "must_observe", False):
+                raise ConfigError(f"drafter {self.drafter.name!r} must see every round (its own cache re-syncs on "
+                                  f"the two newest tokens): a policy for it cannot include width 0, got {widths}")
 
     @property
     def headroom(self) -> int:
@@ -354,7 +361,7 @@ def accept(dec: Decoder, keys_b, state: SpecState, proposal: Proposal, verified:
 
 
 def commit_round(dec: Decoder, params, draft_params, state: SpecState, verified: Verified, verdict: Verdict,
-                 cache: KVCache) -> SpecState:
+                 cache: KVCache, observe: bool = True) -> SpecState:
     """Step 4: append each row's block, update the statistics, let the drafter observe the round.
 
     A round narrower than G (an adaptive round of width W < G) is committed and observed at its own
@@ -374,6 +381,8 @@ def commit_round(dec: Decoder, params, draft_params, state: SpecState, verified:
     )
     state = state.replace(cache=cache, steps=state.steps + 1, stats=stats)
     state, emitted_b = commit(state, verdict.tokens, verdict.count, headroom=dec.headroom)
+    if not observe:
+        return state
     next_b = jnp.take_along_axis(verdict.tokens, verdict.accepted[:, None], axis=1)[:, 0]
     observation = Observation(tokens=verified.tokens, proposed=present_bg[:, :W], positions=verified.positions,
                               taps=verified.taps, accepted=n_b, committed=emitted_b,
@@ -402,9 +411,12 @@ def adaptive_round(dec: Decoder, params, draft_params, state: SpecState) -> Spec
     keys_b, k_draft_b, k_accept_b = sampling.split_keys(state.keys, 3)
     state = state.replace(keys=keys_b)
     active_b = ~state.done
-    once = getattr(dec.drafter, "proposes_once", False)
+    plain_only = policy.widths == (0,)  # the batch fallback: this program never drafts
+    once = getattr(dec.drafter, "proposes_once", False) and not plain_only
     if once:
         full, state = draft(dec, params, draft_params, state, k_draft_b)
+        if full.q is not None:  # choosing W after drafting is exact only for point masses
+            raise ConfigError(f"drafter {dec.drafter.name!r} sets proposes_once but its proposals are sampled")
         available_b = jnp.sum(full.tokens >= 0, axis=1)
     else:
         available_b = jnp.full((B,), G, jnp.int32)
@@ -415,13 +427,13 @@ def adaptive_round(dec: Decoder, params, draft_params, state: SpecState) -> Spec
             if W == 0:
                 proposal = Proposal(jnp.zeros((B, 0), jnp.int32))
             elif once:
-                proposal = Proposal(full.tokens[:, :W], None if full.q is None else full.q[:, :W])
+                proposal = Proposal(full.tokens[:, :W])
             else:
                 proposal, state = dec.drafter.propose(draft_params, params, state, k_draft_b, W, state.sampling,
                                                       dec.vocab_size)
             verified, cache = verify(dec, params, state, proposal)
             verdict = accept(dec, k_accept_b, state, proposal, verified)
-            after = commit_round(dec, params, draft_params, state, verified, verdict, cache)
+            after = commit_round(dec, params, draft_params, state, verified, verdict, cache, observe=not plain_only)
             proposed_bg = jnp.pad(verdict.proposed, ((0, 0), (0, G - W)))
             return after.replace(adapt=policy.update(state.adapt, verdict.accepted, proposed_bg, active_b,
                                                      jnp.int32(W)))

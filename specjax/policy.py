@@ -56,6 +56,8 @@ CALIBRATION_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 # a drafter's own `default_cost` per proposal, or DEFAULT_DRAFT_COST.
 VERIFY_SLOPE = 0.04
 DEFAULT_DRAFT_COST = 0.3
+# Speculation "loses" at a batch size when no window beats a plain step even at this acceptance rate.
+FALLBACK_ACCEPTANCE = 0.9
 
 
 def widths_for(gamma_max: int) -> tuple[int, ...]:
@@ -109,7 +111,9 @@ class Policy:
     round), ending at G_max. round_cost: cost(W) for each of `widths` (see `Costs`). prior: the
     acceptance rate assumed before a row has evidence; strength / pooled_strength: pseudo-counts
     pulling a position's estimate to its row's pooled rate, and that to the prior; decay: the factor
-    counts keep per round."""
+    counts keep per round; probe_every: when the estimates say no width pays, every probe_every-th
+    round still verifies the narrowest speculative width (if it could pay at all, i.e. at acceptance
+    FALLBACK_ACCEPTANCE), so a row whose acceptance is better than believed is found out; 0 = never."""
 
     widths: tuple[int, ...]
     round_cost: tuple[float, ...]
@@ -117,6 +121,7 @@ class Policy:
     strength: float = 2.0
     pooled_strength: float = 2.0
     decay: float = 0.9
+    probe_every: int = 64
     source: str = "default"
 
     def __post_init__(self):
@@ -127,6 +132,11 @@ class Policy:
             raise ConfigError(f"policy round_cost needs one positive cost per width {w}, got {self.round_cost}")
         if not 0.0 < self.prior < 1.0 or not 0.0 < self.decay <= 1.0:
             raise ConfigError(f"policy prior must be in (0, 1) and decay in (0, 1], got {self.prior}, {self.decay}")
+        if not (self.strength > 0 and self.pooled_strength > 0):
+            raise ConfigError(f"policy strength and pooled_strength must be > 0, got {self.strength}, "
+                              f"{self.pooled_strength}")
+        if not isinstance(self.probe_every, int) or self.probe_every < 0:
+            raise ConfigError(f"policy probe_every must be an integer >= 0, got {self.probe_every!r}")
 
     @classmethod
     def make(cls, costs: Costs, *, gamma_max: int, min_width: int = 0, **kw) -> "Policy":
@@ -155,7 +165,22 @@ class Policy:
         E_bw = self.expected_tokens(self.estimates(adapt), available_b)
         total_w = jnp.sum(jnp.where(active_b[:, None], E_bw, 0.0), axis=0)
         rate_w = total_w / jnp.asarray(self.round_cost, jnp.float32)
-        return jnp.argmax(rate_w).astype(jnp.int32)  # ties: the narrowest
+        best = jnp.argmax(rate_w).astype(jnp.int32)  # ties: the narrowest
+        probe = self.probe_index()
+        if probe is None:
+            return best
+        due = (steps % self.probe_every == self.probe_every - 1) & (best == 0) & jnp.any(active_b & (available_b > 0))
+        return jnp.where(due, probe, best)
+
+    def probe_index(self) -> int | None:
+        """The index of the width a probe round verifies: the narrowest above 0, when width 0 is an
+        option, probing is on and that width could pay at acceptance FALLBACK_ACCEPTANCE."""
+        if self.probe_every == 0 or len(self.widths) < 2 or self.widths[0] != 0:
+            return None
+        w = self.widths[1]
+        if metrics.expected_tokens_per_round(FALLBACK_ACCEPTANCE, w) <= self.round_cost[1]:
+            return None
+        return 1
 
     def update(self, adapt: Adapt, accepted_b: jax.Array, proposed_bg: jax.Array, active_b: jax.Array,
                width: jax.Array) -> Adapt:
@@ -233,14 +258,31 @@ def costs_from_entry(entry: dict, batch: int, gamma_max: int) -> Costs | None:
     return Costs(round=tuple(float(x) for x in cost[:gamma_max + 1]), source=f"calibrated (batch {b})")
 
 
-def fallback_batch(entry: dict, prior: float) -> int | None:
+def fallback_batch(entry: dict, acceptance: float = FALLBACK_ACCEPTANCE) -> int | None:
     """The smallest measured batch size at which no window is predicted to beat plain decoding even
-    at acceptance `prior` for every proposal (speculation loses there on this machine); None if none."""
+    at `acceptance` for every proposal (speculation loses there on this machine); None if none."""
     for b, r in sorted((int(b), r) for b, r in entry.get("batches", {}).items()):
         cost = r["round"]
-        if all(metrics.expected_tokens_per_round(prior, w) / cost[w] <= 1.0 for w in range(1, len(cost))):
+        if all(metrics.expected_tokens_per_round(acceptance, w) / cost[w] <= 1.0 for w in range(1, len(cost))):
             return b
     return None
+
+
+def check_entry(entry, key: str, path: str) -> dict:
+    """A calibration entry as `calibrate` writes it, or a ConfigError naming the file and the key."""
+    def bad(why):
+        return ConfigError(f"calibration file {path}, entry {key!r}: {why}; run specjax calibrate again or delete it")
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("batches"), dict) or not entry["batches"]:
+        raise bad("expected an object with a non-empty 'batches' object")
+    for b, row in entry["batches"].items():
+        if not str(b).isdigit() or not isinstance(row, dict):
+            raise bad(f"batch {b!r}: expected an integer batch size and an object")
+        cost = row.get("round")
+        if (not isinstance(cost, list) or not cost
+                or not all(isinstance(x, (int, float)) and x > 0 for x in cost)):
+            raise bad(f"batch {b}: 'round' must be a list of positive numbers")
+    return entry
 
 
 def resolve_costs(*, model: str, drafter: str, batch: int, gamma_max: int, draft_cost: float,
@@ -248,7 +290,12 @@ def resolve_costs(*, model: str, drafter: str, batch: int, gamma_max: int, draft
     """Calibrated costs for this device, target, drafter and batch, else the stated defaults.
     -> (costs, the calibration entry or None)."""
     backend, kind = device_identity()
-    entry = load_calibration(path).get(calibration_key(backend=backend, device_kind=kind, model=model, drafter=drafter))
+    if path is not None and not os.path.exists(path):
+        raise ConfigError(f"calibration file {path} does not exist (run specjax calibrate --file {path})")
+    key = calibration_key(backend=backend, device_kind=kind, model=model, drafter=drafter)
+    entry = load_calibration(path).get(key)
+    if entry is not None:
+        entry = check_entry(entry, key, path or calibration_path())
     costs = costs_from_entry(entry, batch, gamma_max) if entry else None
     return (costs or Costs.default(gamma_max, batch, draft_cost)), (entry if costs else None)
 
@@ -256,15 +303,14 @@ def resolve_costs(*, model: str, drafter: str, batch: int, gamma_max: int, draft
 def auto_policy(*, model: str, drafter: str, batch: int, gamma_max: int, draft_cost: float,
                 must_observe: bool = False, path: str | None = None, **kw) -> Policy:
     """The `gamma="auto"` policy for one compiled batch size. Above the calibrated fallback batch size
-    the only width is 0 (plain decoding in the same program). Drafters that must see every round
+    the only width is 0 (plain decoding in the same program: no drafting, no observing). Drafters that must see every round
     (a draft model with its own cache) never get width 0 otherwise."""
     costs, entry = resolve_costs(model=model, drafter=drafter, batch=batch, gamma_max=gamma_max,
                                  draft_cost=draft_cost, path=path)
     policy = Policy.make(costs, gamma_max=gamma_max, min_width=1 if must_observe else 0, **kw)
-    limit = fallback_batch(entry, policy.prior) if entry else None
+    limit = fallback_batch(entry) if entry else None
     if limit is not None and batch >= limit:
-        return Policy(widths=(0,), round_cost=(1.0,), source=f"{costs.source}; plain from batch {limit}",
-                      **{k: v for k, v in kw.items()})
+        return Policy(widths=(0,), round_cost=(1.0,), source=f"{costs.source}; plain from batch {limit}", **kw)
     return policy
 
 

@@ -276,7 +276,6 @@ class Sampler:
                 raise ConfigError("gamma_max bounds gamma='auto'; with a fixed gamma leave it out")
         self.policy_options = dict(policy or {})
         self.calibration = calibration
-        self.draft_label = draft if isinstance(draft, str) else None
         if verify not in VERIFY_MODES:
             raise ConfigError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
         self.verify = verify
@@ -300,15 +299,20 @@ class Sampler:
             resolved = registry.resolve(draft, _Model(module, self.tokenizer), load_model=load_model,
                                         load_head=load_head)
             self.drafter, self.draft_params = resolved.drafter, resolved.params
+            self.draft_label = drafter_label(draft, self.drafter, self.draft_params)
             if self.auto:
                 once = getattr(self.drafter, "proposes_once", False)
                 gamma = gamma_max or (policy_lib.DEFAULT_GAMMA_MAX_LOOKUP if once else policy_lib.DEFAULT_GAMMA_MAX)
-                self.draft_label = self.draft_label or getattr(self.drafter, "name", type(self.drafter).__name__)
             self.gamma = gamma
             if resolved.vocab_limit is not None:
                 limit, rows = min(limit, resolved.vocab_limit), max(rows, resolved.rows or rows)
         elif self.auto:
             raise ConfigError("gamma='auto' needs a drafter")
+        if self.auto:  # refuse bad policy options or a bad calibration file now, not at the first call
+            try:
+                self.window_policy(1, self.gamma)
+            except TypeError as err:
+                raise ConfigError(f"policy options {sorted(self.policy_options)}: {err}") from None
         self.vocab_limit = limit if limit < rows else None
         self._memory: dict[tuple, Any] = {}  # (batch, size) -> report.memory; ("request", ...) -> check_memory's
 
@@ -434,6 +438,35 @@ class Sampler:
         total = sum(len(o) for o in out)
         timing = {"compile_s": compile_s, "run_s": run_s, "tokens_per_s": total / run_s if run_s > 0 else 0.0}
         return GenerateResult(tokens=out, text=text, prompt_tokens=ids, stats=stats, timing=timing)
+
+
+def drafter_label(draft, drafter, draft_params) -> str:
+    """The drafter's identity in the calibration file: a drafter string in canonical form (ngram:3 and
+    ngram:3:1 are one drafter), or for a drafter object its name and parameter count."""
+    if isinstance(draft, str):
+        spec = registry.parse(draft)
+        if spec.kind == "ngram":
+            return f"ngram:{spec.nmax}:{spec.nmin}"
+        if spec.kind == "layerskip":
+            return f"layerskip:{_ranges(getattr(drafter, 'layers', ()))}:{spec.cache}"
+        return f"{spec.kind}:{spec.name}"
+    leaves = [x for x in jax.tree.leaves(draft_params) if hasattr(x, "size")]
+    size = sum(int(x.size) for x in leaves)
+    dtypes = "+".join(sorted({str(x.dtype) for x in leaves}))
+    return f"{getattr(drafter, 'name', type(drafter).__name__)}:{size}-{dtypes}" if leaves else drafter.name
+
+
+def _ranges(ids) -> str:
+    """(0, 1, 2, 5, 7, 8) -> "0-2,5,7-8"."""
+    out, ids = [], sorted(ids)
+    i = 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return ",".join(out)
 
 
 def model_label(lm: LM, params) -> str:

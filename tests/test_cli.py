@@ -226,7 +226,7 @@ def test_generate_with_gamma_auto_reports_the_windows(hf_dir, capsys):
     assert auto["stats"]["mean_window"] is not None and auto["stats"]["plain_rounds"] >= 0
 
 
-def test_calibrate_then_advise_on_a_tiny_model(hf_dir, tmp_path, capsys):
+def test_calibrate_then_advise_on_a_tiny_model(hf_dir, tmp_path, capsys, monkeypatch):
     """calibrate stores per-batch round costs that the auto policy then reads; advise reads them,
     predicts, measures and recommends (tiny sizes: this checks the plumbing, not the figures)."""
     from specjax import policy
@@ -237,21 +237,27 @@ def test_calibrate_then_advise_on_a_tiny_model(hf_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| batch |" in out and "stored as" in out
     (key, entry), = policy.load_calibration(cal).items()
-    assert key.endswith("|ngram:2") and set(entry["batches"]) == {"1", "2"} and entry["widths"] == [0, 1, 2]
+    assert key.endswith("|ngram:2:1") and set(entry["batches"]) == {"1", "2"} and entry["widths"] == [0, 1, 2]
     for row in entry["batches"].values():
         assert row["round"][0] == 1.0 and len(row["round"]) == 3 and all(x > 0 for x in row["round"])
         assert set(row["v"]) == set(row["c"]) == {"1", "2"}
+    from specjax.bench import calibrate as calibrate_module
+
+    def measured_again(*a, **k):
+        raise AssertionError("advise calibrated a drafter whose calibration was on file")
+
+    monkeypatch.setattr(calibrate_module, "calibrate", measured_again)
     out_dir = tmp_path / "advice"
     prompts = tmp_path / "prompts.yaml"  # the tiny tokenizer has no chat template
     prompts.write_text("chat: false\nprompts:\n  - hello world hello world\n  - the lazy dog the lazy dog\n")
-    assert main(["advise", "--target", str(hf_dir), "--drafters", "ngram:2", "--prompts", str(prompts), "--count", "2",
-                 "--gamma-max", "2", "--batches", "1,2", "--measure", "1,2", "--max-new-tokens", "6",
+    assert main(["advise", "--target", str(hf_dir), "--drafters", "ngram:2:1", "--prompts", str(prompts),
+                 "--count", "2", "--gamma-max", "2", "--batches", "1,2", "--measure", "1,2", "--max-new-tokens", "6",
                  "--calibration", cal, "--out", str(out_dir)]) == 0
     report = json.loads((out_dir / "advice.json").read_text())
     assert set(report["recommend"]) == {"1", "2"} and (out_dir / "advice.png").exists()
-    r = report["drafters"]["ngram:2"]
+    r = report["drafters"]["ngram:2:1"]
     assert r["calibration"] == key  # read, not measured again
-    assert set(r["measured_b1"]) >= {"1", "2"} and len(r["p_accepted_at"]) == 2
+    assert set(r["measured_speedup"]) >= {"1", "2"} and len(r["p_accepted_at"]) == 2
     assert "Ranking at batch 1" in capsys.readouterr().out
     assert main(["calibrate", "--target", str(hf_dir), "--drafter", "ngram:2", "--batches", "1,x"]) == 2
     assert "--batches must be comma-separated integers" in capsys.readouterr().err

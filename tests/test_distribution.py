@@ -104,9 +104,11 @@ def accept_always(keys_b, proposal, target_logits_bg1v, cfg, vocab_size=None):
     return rejection.verdict(proposal, n_b, sampling.sample_probs(keys_b, p_n_bv))
 
 
-def sample_rows(target, draft, configs: list, rule=rejection.accept, seed: int = 0, policy=None) -> np.ndarray:
+def sample_rows(target, draft, configs: list, rule=rejection.accept, seed: int = 0, policy=None,
+                with_state: bool = False):
     """One batched decode of len(configs) copies of PROMPT, row b sampled with configs[b] -> its K
-    tokens as an index into the V^K continuations [rows]. policy: a gamma="auto" window policy."""
+    tokens as an index into the V^K continuations [rows] (and the final state, with_state).
+    policy: a gamma="auto" window policy."""
     lm, params = LM.split(target.module)
     resolved = registry.resolve(draft, target)
     rows = len(configs)
@@ -118,7 +120,8 @@ def sample_rows(target, draft, configs: list, rule=rejection.accept, seed: int =
     state = loop.generate(dec, params, resolved.params, batch)
     out = np.asarray(state.tokens)[:, len(PROMPT):len(PROMPT) + K]
     assert np.all(np.asarray(state.lengths) == len(PROMPT) + K)
-    return sum(out[:, i] * V ** (K - 1 - i) for i in range(K))
+    index = sum(out[:, i] * V ** (K - 1 - i) for i in range(K))
+    return (index, state) if with_state else index
 
 
 def sample_continuations(target, draft, cfg: SamplingConfig, rule=rejection.accept, seed: int = 0,
@@ -176,12 +179,13 @@ def test_wrong_acceptance_rule_is_detected_with_an_eagle_head(models, head):
 
 
 def every_width(draft, target):
-    """A policy visiting widths 0, 1, 2 in turn (test_policy.CyclingPolicy): with K = 3 tokens each
-    sample goes through a plain step, a one-proposal and a two-proposal round (width 0 left out for
-    drafters that must see every round)."""
+    """A policy visiting widths 2, 0, 1 in turn (test_policy.CyclingPolicy): with K = 3 tokens every
+    sample starts with a two-proposal round, and those that emit fewer than 2 tokens there go on
+    through a plain step (width 0 left out for drafters that must see every round: 2, 1)."""
     from test_policy import cycling
 
-    return cycling(GAMMA, 1 if getattr(registry.resolve(draft, target).drafter, "must_observe", False) else 0)
+    must = getattr(registry.resolve(draft, target).drafter, "must_observe", False)
+    return cycling(GAMMA, 1 if must else 0, widest_first=True)
 
 
 @pytest.mark.parametrize("drafter,name", [(d, "temperature-1") for d in DRAFTERS]
@@ -199,10 +203,11 @@ def test_samples_follow_the_target_under_the_auto_policy(models):
     from specjax.policy import Costs, Policy
 
     target, cfg = models[0], CONFIGS["temperature-1"]
-    policy = Policy.make(Costs.default(GAMMA, N, 0.0), gamma_max=GAMMA)
-    index = sample_rows(target, "ngram:2", [cfg] * N, policy=policy)
+    policy = Policy.make(Costs.default(GAMMA, 1, 0.0), gamma_max=GAMMA)  # batch-1 costs: speculation pays
+    index, state = sample_rows(target, "ngram:2", [cfg] * N, policy=policy, with_state=True)
     p_value = chi_square_p_value(np.bincount(index, minlength=V ** K), exact_distribution(target, cfg))
     assert p_value > 1e-3, f"auto ngram: samples do not follow the target (p = {p_value:.2e})"
+    assert np.asarray(state.adapt.width).sum() > 0 and np.asarray(state.stats.drafted).sum() > 0
 
 
 def test_wrong_acceptance_rule_is_detected_under_gamma_auto(models):

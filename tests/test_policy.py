@@ -22,16 +22,30 @@ PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], list(range(10, 30)), [42], [5, 6, 7, 8, 5
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CyclingPolicy(P.Policy):
-    """Visits every compiled width in turn (round r verifies widths[r mod n]), whatever the estimates:
-    so the tests run every branch of the adaptive round, width 0 included."""
+    """Visits the compiled widths in a fixed cycle (round r verifies widths[order[r mod n]]), whatever
+    the estimates: so the tests run every branch of the adaptive round, width 0 included."""
+
+    order: tuple[int, ...] = ()
 
     def choose(self, adapt, available_b, active_b, steps):
-        return (steps % len(self.widths)).astype(jnp.int32)
+        order = jnp.asarray(self.order or tuple(range(len(self.widths))), jnp.int32)
+        return order[steps % len(order)]
 
 
-def cycling(gamma_max: int, min_width: int = 0) -> CyclingPolicy:
+def cycling(gamma_max: int, min_width: int = 0, widest_first: bool = False) -> CyclingPolicy:
+    """widest_first: G_max, then the others in ascending order (short samples still reach G_max)."""
     widths = tuple(w for w in P.widths_for(gamma_max) if w >= min_width)
-    return CyclingPolicy(widths=widths, round_cost=(1.0,) * len(widths))
+    n = len(widths)
+    order = ((n - 1,) + tuple(range(n - 1))) if widest_first else ()
+    return CyclingPolicy(widths=widths, round_cost=(1.0,) * n, order=order)
+
+
+@pytest.fixture(autouse=True)
+def calibration_file(tmp_path, monkeypatch):
+    """Every test reads and writes a calibration file of its own, never the user's."""
+    path = str(tmp_path / "calibration.json")
+    monkeypatch.setattr(P, "calibration_path", lambda: path)
+    return path
 
 
 # -- the arithmetic --------------------------------------------------------------------------------
@@ -95,7 +109,27 @@ def test_update_counts_reached_and_accepted_proposals_with_decay():
                                  jnp.int32(0)).plain).tolist() == [1, 1, 1]
 
 
-def test_policy_settings_are_checked():
+def test_probe_rounds_verify_the_narrowest_width_when_nothing_else_would():
+    pol = P.Policy(widths=(0, 1, 2), round_cost=(1.0, 1.2, 1.4), prior=0.1, probe_every=4)
+    adapt, active, avail = P.Adapt.zeros(2, 2), jnp.array([True, True]), jnp.array([2, 2])
+    chosen = [int(pol.choose(adapt, avail, active, jnp.int32(s))) for s in range(8)]
+    assert chosen == [0, 0, 0, 1, 0, 0, 0, 1]
+    assert int(pol.choose(adapt, jnp.array([0, 0]), active, jnp.int32(3))) == 0  # nothing to verify
+    assert dataclasses.replace(pol, probe_every=0).probe_index() is None
+    # a width that cannot pay even at acceptance 0.9 is not probed
+    assert dataclasses.replace(pol, round_cost=(1.0, 2.0, 3.0)).probe_index() is None
+
+
+def test_drafter_labels_are_canonical():
+    from specjax.sampler import drafter_label
+
+    assert drafter_label("ngram:3", None, None) == drafter_label("ngram:3:1", None, None) == "ngram:3:1"
+    ls = registry.resolve("layerskip:0-2,5", tiny_lm(0, layers=6)).drafter
+    assert drafter_label("layerskip:0-2,5", ls, None) == "layerskip:0-2,5:shared"
+    assert drafter_label("eagle:some-head", None, None) == "eagle:some-head"
+
+
+def test_policy_settings_are_checked(calibration_file):
     with pytest.raises(ConfigError, match="widths"):
         P.Policy(widths=(2, 1), round_cost=(1.0, 1.0))
     with pytest.raises(ConfigError, match="round_cost"):
@@ -106,6 +140,19 @@ def test_policy_settings_are_checked():
         api.generate(tiny_lm(0), [[1, 2]], draft="ngram:2", gamma=4, gamma_max=8)
     with pytest.raises(ConfigError, match="needs a drafter"):
         api.generate(tiny_lm(0), [[1, 2]], gamma="auto")
+    with pytest.raises(ConfigError, match="strength"):
+        P.Policy(widths=(0, 1), round_cost=(1.0, 1.0), strength=0.0)
+    with pytest.raises(ConfigError, match="policy options"):
+        api.generate(tiny_lm(0), [[1, 2]], draft="ngram:2", gamma="auto", policy={"priors": 0.5})
+    with pytest.raises(ConfigError, match="does not exist"):
+        api.generate(tiny_lm(0), [[1, 2]], draft="ngram:2", gamma="auto", calibration="/no/such/file.json")
+    lm, _ = LM.split(tiny_lm(0).module)
+    with pytest.raises(ConfigError, match="needs a drafter"):
+        loop.Decoder(lm=lm, size=16, policy=cycling(2))
+    own = registry.resolve("layerskip:1:own", tiny_lm(0)).drafter
+    with pytest.raises(ConfigError, match="cannot include width 0"):
+        loop.Decoder(lm=lm, size=16, drafter=own, gamma=2, policy=cycling(2))
+    loop.Decoder(lm=lm, size=16, drafter=own, gamma=2, policy=cycling(2, min_width=1))  # fine without it
 
 
 # -- calibration -----------------------------------------------------------------------------------
@@ -146,6 +193,9 @@ def test_auto_policy_reads_the_calibration_and_falls_back_to_plain_above_its_bat
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="calibration"):
         P.load_calibration(str(tmp_path / "bad.json"))
+    P.save_calibration(key, {"batches": {"1": {"round": "cheap"}}}, path)
+    with pytest.raises(ConfigError, match="'round' must be a list of positive numbers"):
+        P.auto_policy(model="m", drafter="d", batch=1, gamma_max=4, draft_cost=0.5, path=path)
 
 
 # -- exactness of adaptive rounds ------------------------------------------------------------------
@@ -169,9 +219,11 @@ def drafter_for(name, target):
 
 @pytest.mark.parametrize("drafter", ["ngram:3", "layerskip:1"])  # the others: every width, below
 def test_greedy_auto_equals_plain_greedy(target, ar_tokens, drafter):
-    result = api.generate(target, PROMPTS, draft=drafter_for(drafter, target), gamma="auto", max_new_tokens=40)
+    # probe_every=4: layer skip (half the target here) would otherwise never be tried at the default costs
+    result = api.generate(target, PROMPTS, draft=drafter_for(drafter, target), gamma="auto", max_new_tokens=40,
+                          policy={"probe_every": 4})
     assert result.tokens == ar_tokens
-    assert result.stats["mean_window"] is not None
+    assert result.stats["mean_window"] > 0 and result.stats["plain_rounds"] > 0, result.stats
 
 
 @pytest.mark.parametrize("drafter", DRAFTERS)
@@ -217,3 +269,21 @@ def test_auto_greedy_with_an_eagle_head_and_its_cache_after_adaptive_rounds():
     out = [np.asarray(state.tokens)[b, len(p):int(state.lengths[b])].tolist() for b, p in enumerate(PROMPTS[:2])]
     assert out == ar.tokens
     assert int(np.asarray(state.stats.accepted).sum()) > 0
+
+
+@pytest.mark.parametrize("drafter", ["ngram:3", "layerskip:1:own"])
+def test_the_batch_fallback_program_decodes_plainly(target, ar_tokens, drafter):
+    """A policy with width 0 only (what auto_policy returns from the calibrated fallback batch size on):
+    every round is a plain step, nothing is drafted, the output is plain greedy output."""
+    lm, params = LM.split(target.module)
+    resolved = registry.resolve(drafter, target)
+    prompt_bp, lengths_b, active_b = _pad(PROMPTS)
+    dec = loop.Decoder(lm=lm, size=prompt_bp.shape[1] + 40 + 6, drafter=resolved.drafter, gamma=4,
+                       policy=P.Policy(widths=(0,), round_cost=(1.0,)))
+    batch = loop.Batch.make(prompt_bp, lengths_b, active=active_b, max_new_tokens=40, key=jax.random.key(0))
+    state = loop.generate(dec, params, resolved.params, batch)
+    out = [np.asarray(state.tokens)[b, len(p):int(state.lengths[b])].tolist() for b, p in enumerate(PROMPTS)]
+    assert out == ar_tokens
+    n = len(PROMPTS)
+    assert np.asarray(state.stats.drafted)[:n].sum() == 0
+    assert np.array_equal(np.asarray(state.adapt.plain)[:n], np.asarray(state.stats.rounds)[:n])

@@ -15,11 +15,11 @@ Per candidate drafter:
   3. predicted speedup(G, B) = E(G) / round_B(G) for G = 1..G_max and every batch size; the
      recommendation per batch size is the (drafter, G) with the largest, or plain decoding when
      none exceeds 1;
-  4. measured speedup: whole calls at batch 1 for every G of --measure and each drafter's own best G,
+  4. measured speedup: whole calls at the smallest batch size (1 by default) for every G of --measure and each drafter's own best G,
      and at every batch size for its recommendation (against plain decoding in the same run).
 
 The report (markdown on stdout, and OUT/advice.json, OUT/advice.md, OUT/advice.png with --out)
-ranks the drafters by measured speedup at batch 1 and says whether their acceptance rate or their
+ranks the drafters by measured speedup at the smallest batch size and says whether their acceptance rate or their
 cost (latency) ranked them the same way.
 """
 
@@ -52,7 +52,15 @@ def advise(target: str, drafters: list[str], prompts: list[tuple[str, bool]], *,
     from specjax.models import load, load_eagle
     from specjax.sampler import Sampler, model_label
 
-    batches = list(batches or P.CALIBRATION_BATCHES)
+    from specjax import validate
+    from specjax.errors import ConfigError
+
+    batches = sorted(batches or P.CALIBRATION_BATCHES)
+    validate.integer("--max-new-tokens", max_new_tokens, low=1)
+    if max_new_tokens <= gamma_max:
+        raise ConfigError(f"--max-new-tokens {max_new_tokens} leaves no room for rounds of G = {gamma_max}; "
+                          f"give at least {gamma_max + 1}")
+    b0 = batches[0]
     model = load(target, dtype=dtype, progress=progress)
     loaders = dict(load_model=lambda name: load(name, dtype=dtype, progress=progress),
                    load_head=lambda p: load_eagle(p, dtype=model.module.dtype))
@@ -60,34 +68,37 @@ def advise(target: str, drafters: list[str], prompts: list[tuple[str, bool]], *,
     chat = all(c for _, c in prompts)
     common = dict(max_new_tokens=max_new_tokens, repeats=1, chat=chat)
     plain = Sampler(model, None, eos_ids=())
-    base = {1: measure(plain, texts, batch=1, **common)["tokens_per_s"]}
+    base = {b0: measure(plain, groups_of(texts, b0)[0] if b0 > 1 else texts, batch=b0, **common)["tokens_per_s"]}
     report = {"target": target, "prompts": len(texts), "gamma_max": gamma_max, "batches": batches, "drafters": {}}
     for d in tqdm(drafters, desc="advise", unit="drafter", disable=not progress):
         probe = Sampler(model, d, gamma=gamma_max, eos_ids=(), **loaders)
         run = measure(probe, texts, batch=1, **common)
         rounds, accepted_at = run["rounds_total"], run["accepted_at_total"]
+        if not rounds:
+            raise ConfigError(f"{d}: the probe run made no speculation rounds; use more --max-new-tokens")
         E = {g: expected_tokens(accepted_at, rounds, g) for g in range(1, gamma_max + 1)}
         auto = Sampler(model, d, gamma="auto", gamma_max=gamma_max, eos_ids=(), calibration=calibration, **loaders)
         key = P.calibration_key(backend=P.device_identity()[0], device_kind=P.device_identity()[1],
                                 model=model_label(auto.lm, auto.params), drafter=auto.draft_label)
         entry = P.load_calibration(calibration).get(key)
-        if entry is None or any(P.costs_from_entry(entry, b, gamma_max) is None for b in batches):
+        if entry is None or any(str(b) not in entry.get("batches", {}) for b in batches) \
+                or any(P.costs_from_entry(entry, b, gamma_max) is None for b in batches):
             _, entry = cal.calibrate(target, d, gamma_max=gamma_max, batches=batches, repeats=3, dtype=dtype,
                                      path=calibration, progress=progress)
         costs = {b: P.costs_from_entry(entry, b, gamma_max).round for b in batches}
         predicted = {b: {g: E[g] / costs[b][g] for g in range(1, gamma_max + 1)} for b in batches}
-        row1 = entry["batches"][str(P.entry_batch(entry, batches[0]))]
-        best_g = max(predicted[1], key=predicted[1].get)
+        row1 = entry["batches"][str(b0)]
+        best_g = max(predicted[b0], key=predicted[b0].get)
         measured = {}
         for g in sorted(set(measure_gammas) | {best_g}):
             if g <= gamma_max:
-                measured[g] = measure(Sampler(model, d, gamma=g, eos_ids=(), **loaders), texts, batch=1,
-                                      **common)["tokens_per_s"] / base[1]
+                measured[g] = measure(Sampler(model, d, gamma=g, eos_ids=(), **loaders), groups_of(texts, b0)[0]
+                                      if b0 > 1 else texts, batch=b0, **common)["tokens_per_s"] / base[b0]
         report["drafters"][d] = {
             "acceptance_rate": run["acceptance_rate"], "acceptance_by_position": run["acceptance_by_position"],
             "p_accepted_at": [x / rounds for x in accepted_at], "expected_tokens": E,
             "c": row1.get("c"), "v": row1.get("v"), "round_costs": costs, "predicted": predicted,
-            "measured_b1": measured, "calibration": key}
+            "measured_speedup": measured, "calibration": key}
     # recommendations per batch size, and their measured speedup
     recommend = {}
     for b in batches:
@@ -101,8 +112,8 @@ def advise(target: str, drafters: list[str], prompts: list[tuple[str, bool]], *,
             base[b] = measure(plain, group, batch=b, **common)["tokens_per_s"]
         if rec["drafter"] is None:
             rec["measured"] = 1.0
-        elif b == 1 and rec["gamma"] in report["drafters"][rec["drafter"]]["measured_b1"]:
-            rec["measured"] = report["drafters"][rec["drafter"]]["measured_b1"][rec["gamma"]]
+        elif b == b0 and rec["gamma"] in report["drafters"][rec["drafter"]]["measured_speedup"]:
+            rec["measured"] = report["drafters"][rec["drafter"]]["measured_speedup"][rec["gamma"]]
         else:
             s = Sampler(model, rec["drafter"], gamma=rec["gamma"], eos_ids=(), **loaders)
             rec["measured"] = measure(s, group, batch=b, **common)["tokens_per_s"] / base[b]
@@ -111,7 +122,7 @@ def advise(target: str, drafters: list[str], prompts: list[tuple[str, bool]], *,
     report["plain_tokens_per_s"] = base
     # which figure ranked the drafters as the measurement did (batch 1)
     r = report["drafters"]
-    by = {"measured": _rank({d: max(x["measured_b1"].values()) for d, x in r.items()}),
+    by = {"measured": _rank({d: max(x["measured_speedup"].values()) for d, x in r.items()}),
           "predicted": _rank({d: max(x["predicted"][batches[0]].values()) for d, x in r.items()}),
           "acceptance": _rank({d: x["acceptance_rate"] or 0.0 for d, x in r.items()}),
           "latency": _rank({d: -min((x["c"] or {}).values() or [0.0]) for d, x in r.items()})}
@@ -122,14 +133,15 @@ def advise(target: str, drafters: list[str], prompts: list[tuple[str, bool]], *,
 
 def markdown(rep: dict) -> str:
     lines = [f"Target `{rep['target']}`, {rep['prompts']} prompts, greedy, G up to {rep['gamma_max']}.", "",
-             "| drafter | a | P(accepted) by position | c | predicted at B=1 (G: x) | measured at B=1 (G: x) |",
+             f"| drafter | a | P(accepted) by position | c | predicted at B={rep['batches'][0]} (G: x) | "
+             f"measured at B={rep['batches'][0]} (G: x) |",
              "|---|---|---|---|---|---|"]
     b1 = rep["batches"][0]
     for d, r in rep["drafters"].items():
         pos = ", ".join(f"{x:.2f}" for x in r["p_accepted_at"])
         c = ", ".join(f"{g}: {x:.3f}" for g, x in (r["c"] or {}).items())
         pred = ", ".join(f"{g}: {x:.2f}" for g, x in r["predicted"][b1].items())
-        meas = ", ".join(f"{g}: {x:.2f}" for g, x in r["measured_b1"].items())
+        meas = ", ".join(f"{g}: {x:.2f}" for g, x in r["measured_speedup"].items())
         a = "-" if r["acceptance_rate"] is None else f"{r['acceptance_rate']:.3f}"
         lines.append(f"| {d} | {a} | {pos} | {c} | {pred} | {meas} |")
     lines += ["", "| batch | recommended | predicted | measured | predicted / measured - 1 |", "|---|---|---|---|---|"]
@@ -155,8 +167,8 @@ def plot(rep: dict, path: Path) -> None:
         color = f"C{i}"
         gs = sorted(r["predicted"][b1], key=int)
         ax.plot([int(g) for g in gs], [r["predicted"][b1][g] for g in gs], color=color, label=f"{d} predicted")
-        ms = sorted(r["measured_b1"], key=int)
-        ax.scatter([int(g) for g in ms], [r["measured_b1"][g] for g in ms], color=color, marker="x",
+        ms = sorted(r["measured_speedup"], key=int)
+        ax.scatter([int(g) for g in ms], [r["measured_speedup"][g] for g in ms], color=color, marker="x",
                    label=f"{d} measured")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("G")

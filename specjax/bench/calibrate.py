@@ -7,7 +7,7 @@ For every batch size B and every width W the auto policy compiles (0, 1, 2, 4, .
 cache of 512 slots with 256 committed tokens per row (`specjax.bench.measure`):
 
   round(W)   the loop's own adaptive round fixed at width W (draft W proposals, verify W + 1 positions,
-             the rule, commit, the drafter's observe), ROUNDS_PER_CALL of them in one `lax.fori_loop`;
+             the rule, commit, the drafter's observe), `rounds_per_call(B)` of them in one `lax.fori_loop`;
              round(0) is the plain step every cost is divided by
   v(W)       the target's (W+1)-token forward / its 1-token forward (`measure.StepTimer`)
   c(W)       (round(W) - the (W+1)-token forward) / (W x the 1-token forward): what drafting, the rule
@@ -28,7 +28,11 @@ import statistics
 import sys
 import time
 
-ROUNDS_PER_CALL = 8
+ROUNDS_PER_CALL = 8  # at batch 1; fewer at larger batches (a round there takes up to seconds)
+
+
+def rounds_per_call(batch: int) -> int:
+    return max(1, ROUNDS_PER_CALL // max(1, batch // 4))
 
 
 def _median(fn, args, repeats: int) -> float:
@@ -66,15 +70,15 @@ def round_times(sampler, *, batch: int, widths, repeats: int = 5) -> dict[int, f
     params, dparams = sampler.params, sampler.draft_params
     state = jax.jit(decoder(0).start)(params, dparams, batch_in)
     out = {}
+    n = rounds_per_call(batch)
     for w in widths:
         dec = decoder(w)
 
         @jax.jit
         def rounds(params, dparams, state, dec=dec):  # params as arguments: never folded into the program
-            return jax.lax.fori_loop(0, ROUNDS_PER_CALL, lambda i, s: loop.adaptive_round(dec, params, dparams, s),
-                                     state)
+            return jax.lax.fori_loop(0, n, lambda i, s: loop.adaptive_round(dec, params, dparams, s), state)
 
-        out[w] = _median(rounds, (params, dparams, state), repeats) / ROUNDS_PER_CALL
+        out[w] = _median(rounds, (params, dparams, state), repeats) / n
     return out
 
 
@@ -124,7 +128,7 @@ def calibrate(target: str, drafter: str, *, gamma_max: int | None = None, batche
             "c": {str(w): x for w, x in c.items()},
         }
         bar.set_postfix_str(f"B={b}: round(G_max)/step {rounds[G] / t0:.2f}")
-    limit = P.fallback_batch(entry, 0.9)
+    limit = P.fallback_batch(entry)
     entry["fallback_batch"] = limit
     backend, kind = P.device_identity()
     key = P.calibration_key(backend=backend, device_kind=kind, model=model_label(sampler.lm, sampler.params),

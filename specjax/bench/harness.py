@@ -13,8 +13,8 @@ A config (see configs/bench/*.yaml) names:
   peers                  {transformers: true, gamma: G, repeats: N}: transformers greedy generate and its
                          assisted generation (prompt lookup; assistant model for model:truncate:K drafters)
   batch_sweep            {drafter, gamma, batches: [...], suite, max_new_tokens, repeats}
-  auto_sweep             {drafters: [...], suites: [...], batches: [...], gammas: [...], prompts, max_new_tokens,
-                         repeats}: per suite, drafter and batch size, plain decoding, gamma="auto" and (at
+  auto_sweep             {drafters: [...], suites: [...], batches: [...], gammas: [...] (or {drafter: [...]}),
+                         prompts, max_new_tokens, repeats}: per suite, drafter and batch size, plain decoding, gamma="auto" and (at
                          batch 1) every fixed G: is auto never slower than plain, and as fast as the best G?
   markdown               {file: BENCHMARKS.md, section: NAME}: refresh that section in place
 
@@ -95,7 +95,20 @@ class BenchConfig:
         auto = self.auto_sweep
         for text in self.drafters + ([sweep["drafter"]] if sweep else []) + list(auto.get("drafters", [])):
             truncated_layers(registry.parse(text))  # a ConfigError naming the string
-        for g in self.gammas + ([sweep.get("gamma", SWEEP_GAMMA)] if sweep else []) + list(auto.get("gammas", [])):
+        auto_gammas = auto.get("gammas", [])
+        if isinstance(auto_gammas, dict):
+            unknown = sorted(set(auto_gammas) - set(auto.get("drafters", [])))
+            if unknown:
+                raise ConfigError(f"auto_sweep gammas name drafters that are not in its drafters: {unknown}")
+            auto_gammas = [g for gs in auto_gammas.values() for g in gs]
+        for name in ("batches", "prompts", "max_new_tokens", "repeats"):
+            values = auto.get(name, [])
+            for v in (values if isinstance(values, list) else [values]):
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    raise ConfigError(f"auto_sweep {name} must be integers >= 1, got {v!r}")
+        if auto and (not isinstance(auto.get("drafters"), list) or not isinstance(auto.get("suites", []), list)):
+            raise ConfigError("auto_sweep drafters and suites must be lists")
+        for g in self.gammas + ([sweep.get("gamma", SWEEP_GAMMA)] if sweep else []) + list(auto_gammas):
             if not isinstance(g, int) or g < 1:
                 raise ConfigError(f"G must be an integer >= 1, got {g!r}")
         known = suite_names()
@@ -335,7 +348,8 @@ def _auto_sweep(cfg: BenchConfig, samplers: Samplers) -> list[dict]:
             for d in sw["drafters"]:
                 jobs.append((suite, b, d, "auto"))
                 if b == 1:
-                    jobs += [(suite, b, d, g) for g in sw.get("gammas", [])]
+                    gammas = sw.get("gammas", [])
+                    jobs += [(suite, b, d, g) for g in (gammas.get(d, []) if isinstance(gammas, dict) else gammas)]
     rows, plain = [], {}
     for suite, b, drafter, gamma in tqdm(jobs, desc="auto sweep", unit="point"):
         prompts, chat = load_suite(suite, None)

@@ -16,7 +16,8 @@ Attributes:
 
 Attributes read by the gamma="auto" policy (`specjax.policy`), with defaults in `Stateless`:
     proposes_once: bool    proposals cost next to nothing (prompt lookup): draft G_max every round,
-                           before the window is chosen, and truncate
+                           before the window is chosen, and truncate (only for point-mass proposals:
+                           a window chosen after seeing sampled proposals would bias them)
     must_observe: bool     the drafter's own state must see every committed token through its own
                            rounds (a draft model re-syncing on the two newest tokens): the policy then
                            never picks a plain (width 0) round, except as the batch fallback
