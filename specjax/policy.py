@@ -147,10 +147,17 @@ class Policy:
         return cls(widths=widths, round_cost=tuple(float(costs.round[w]) for w in widths), source=costs.source, **kw)
 
     def estimates(self, adapt: Adapt) -> jax.Array:
-        """a [B, G]: each row's acceptance estimate by draft position."""
-        pooled_b1 = ((adapt.accepted.sum(-1, keepdims=True) + self.pooled_strength * self.prior)
-                     / (adapt.reached.sum(-1, keepdims=True) + self.pooled_strength))
-        return (adapt.accepted + self.strength * pooled_b1) / (adapt.reached + self.strength)
+        """a [B, G]: each row's acceptance estimate by draft position. The first position is shrunk
+        towards the prior alone; later ones towards the row's pooled rate over positions >= 1 (itself
+        shrunk towards the prior). The first proposal of a round is the hard one (for prompt lookup:
+        is the match still right?); pooling it with the long accepted runs that follow a right match
+        made a row that rarely gets its first proposal right look like a good row."""
+        first_b1 = ((adapt.accepted[:, :1] + self.strength * self.prior)
+                    / (adapt.reached[:, :1] + self.strength))
+        pooled_b1 = ((adapt.accepted[:, 1:].sum(-1, keepdims=True) + self.pooled_strength * self.prior)
+                     / (adapt.reached[:, 1:].sum(-1, keepdims=True) + self.pooled_strength))
+        later_bg = (adapt.accepted[:, 1:] + self.strength * pooled_b1) / (adapt.reached[:, 1:] + self.strength)
+        return jnp.concatenate([first_b1, later_bg], axis=1)
 
     def expected_tokens(self, a_bg: jax.Array, available_b: jax.Array) -> jax.Array:
         """E_b(W) [B, n_widths]: expected tokens a round of each width emits for row b."""
@@ -322,9 +329,9 @@ def parse_gamma(value, *, name: str = "gamma") -> int | str:
             return "auto"
         if text.isdigit():
             value = int(text)
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-        return validate.integer(name, value, low=1)
-    raise ConfigError(f"{name} must be an integer >= 1 or 'auto', got {value!r}")
+    if isinstance(value, str):
+        raise ConfigError(f"{name} must be an integer >= 1 or 'auto', got {value!r}")
+    return validate.integer(name, value, low=1)
 
 
 def round_costs_from_times(step_s: float, verify_s: Sequence[float], draft_s: Sequence[float]) -> list[float]:

@@ -188,8 +188,9 @@ def every_width(draft, target):
     return cycling(GAMMA, 1 if must else 0, widest_first=True)
 
 
-@pytest.mark.parametrize("drafter,name", [(d, "temperature-1") for d in DRAFTERS]
-                         + [("ngram:2", "top-p-0.8"), ("eagle", "top-p-0.8")])
+@pytest.mark.parametrize("drafter,name", [  # layer skip and the draft model: make test-all (the test budget)
+    pytest.param(d, "temperature-1", marks=pytest.mark.slow) if d in ("layerskip:1", "model") else (d, "temperature-1")
+    for d in DRAFTERS] + [("ngram:2", "top-p-0.8"), ("eagle", "top-p-0.8")])
 def test_samples_follow_the_target_through_every_width_of_gamma_auto(models, head, name, drafter):
     target, cfg = models[0], CONFIGS[name]
     draft = pick(drafter, models, head)

@@ -18,6 +18,17 @@ def _f(x, fmt=".2f", dash="-"):
 def markdown(results: dict, out_dir: Path, link_base: Path | None = None) -> str:
     cfg, m = results["config"], results["machine"]
     base = Path(os.path.relpath(Path(out_dir).absolute(), Path(link_base).absolute())) if link_base else Path(out_dir)
+    if not results["points"] and results.get("auto_sweep"):  # an auto-sweep-only config: its own settings
+        sw = cfg["auto_sweep"]
+        lines = [f"Config `{cfg['name']}`: target `{cfg['target']}` ({cfg['dtype']}), {sw.get('prompts')} prompts per "
+                 f"suite at batch 1 (the first B prompts, topped up, at batch B), {sw.get('max_new_tokens')} new "
+                 f"tokens (EOS ignored), {sw.get('repeats', 1)} timed repeat(s) after a warm-up call per point. "
+                 f"Machine: {m['machine']}, {m['cpus']} cores, JAX backend `{m['jax_backend']}`. Wall time of the "
+                 f"whole run: {results.get('wall_s', 0) / 60:.1f} min.", ""]
+        lines += auto_sweep_markdown(results["auto_sweep"])
+        for png in sorted(Path(out_dir).glob("*.png")):
+            lines.append(f"![{png.stem}]({(base / png.name).as_posix()})")
+        return "\n".join(lines) + "\n"
     lines = [
         f"Config `{cfg['name']}`: target `{cfg['target']}` ({cfg['dtype']}), batch {cfg['batch']}, "
         f"{cfg['prompts_per_suite']} prompts per suite, {cfg['max_new_tokens']} new tokens (EOS ignored), "
