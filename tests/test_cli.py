@@ -233,7 +233,7 @@ def test_calibrate_then_advise_on_a_tiny_model(hf_dir, tmp_path, capsys, monkeyp
 
     cal = str(tmp_path / "cal.json")
     assert main(["calibrate", "--target", str(hf_dir), "--drafter", "ngram:2", "--gamma-max", "2", "--batches", "1,2",
-                 "--repeats", "1", "--file", cal]) == 0
+                 "--repeats", "1", "--file", cal]) == 0  # two batch sizes: the entry keeps both
     out = capsys.readouterr().out
     assert "| batch |" in out and "stored as" in out
     (key, entry), = policy.load_calibration(cal).items()
@@ -251,13 +251,13 @@ def test_calibrate_then_advise_on_a_tiny_model(hf_dir, tmp_path, capsys, monkeyp
     prompts = tmp_path / "prompts.yaml"  # the tiny tokenizer has no chat template
     prompts.write_text("chat: false\nprompts:\n  - hello world hello world\n  - the lazy dog the lazy dog\n")
     assert main(["advise", "--target", str(hf_dir), "--drafters", "ngram:2:1", "--prompts", str(prompts),
-                 "--count", "2", "--gamma-max", "2", "--batches", "1,2", "--measure", "1,2", "--max-new-tokens", "6",
+                 "--count", "2", "--gamma-max", "2", "--batches", "1,2", "--measure", "1", "--max-new-tokens", "6",
                  "--calibration", cal, "--out", str(out_dir)]) == 0
     report = json.loads((out_dir / "advice.json").read_text())
     assert set(report["recommend"]) == {"1", "2"} and (out_dir / "advice.png").exists()
     r = report["drafters"]["ngram:2:1"]
     assert r["calibration"] == key  # read, not measured again
-    assert set(r["measured_speedup"]) >= {"1", "2"} and len(r["p_accepted_at"]) == 2
+    assert "1" in r["measured_speedup"] and len(r["p_accepted_at"]) == 2
     assert "Ranking at batch 1" in capsys.readouterr().out
     assert main(["calibrate", "--target", str(hf_dir), "--drafter", "ngram:2", "--batches", "1,x"]) == 2
     assert "--batches must be comma-separated integers" in capsys.readouterr().err

@@ -190,7 +190,7 @@ def every_width(draft, target):
 
 @pytest.mark.parametrize("drafter,name", [  # layer skip and the draft model: make test-all (the test budget)
     pytest.param(d, "temperature-1", marks=pytest.mark.slow) if d in ("layerskip:1", "model") else (d, "temperature-1")
-    for d in DRAFTERS] + [("ngram:2", "top-p-0.8"), ("eagle", "top-p-0.8")])
+    for d in DRAFTERS] + [pytest.param(d, "top-p-0.8", marks=pytest.mark.slow) for d in ("ngram:2", "eagle")])
 def test_samples_follow_the_target_through_every_width_of_gamma_auto(models, head, name, drafter):
     target, cfg = models[0], CONFIGS[name]
     draft = pick(drafter, models, head)
