@@ -215,6 +215,7 @@ def test_demo_gives_the_sampler_loaders_for_model_and_eagle_drafters(monkeypatch
         assert draft == drafter and callable(kwargs.get("load_head")) and callable(kwargs.get("load_model"))
 
 
+@pytest.mark.slow  # make test-all (the test budget); calibrate-then-advise below runs the auto sampler
 def test_generate_with_gamma_auto_reports_the_windows(hf_dir, capsys):
     args = ["generate", "--target", str(hf_dir), "--prompt", "hello world hello world", "--max-new-tokens", "8",
             "--json"]

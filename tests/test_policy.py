@@ -220,6 +220,7 @@ def drafter_for(name, target):
     return perturbed(target, 1, 0.005) if name == "model" else name
 
 
+@pytest.mark.slow  # make test-all: make test runs every width (below) and the real policy in test_distribution
 @pytest.mark.parametrize("drafter", ["ngram:3", "layerskip:1"])  # the others: every width, below
 def test_greedy_auto_equals_plain_greedy(target, ar_tokens, drafter):
     # probe_every=4: layer skip (half the target here) would otherwise never be tried at the default costs
@@ -275,7 +276,8 @@ def test_auto_greedy_with_an_eagle_head_and_its_cache_after_adaptive_rounds():
     assert int(np.asarray(state.stats.accepted).sum()) > 0
 
 
-@pytest.mark.parametrize("drafter", ["ngram:3", pytest.param("layerskip:1:own", marks=pytest.mark.slow)])
+@pytest.mark.slow  # make test-all (the test budget)
+@pytest.mark.parametrize("drafter", ["ngram:3", "layerskip:1:own"])
 def test_the_batch_fallback_program_decodes_plainly(target, ar_tokens, drafter):
     """A policy with width 0 only (what auto_policy returns from the calibrated fallback batch size on):
     every round is a plain step, nothing is drafted, the output is plain greedy output."""
