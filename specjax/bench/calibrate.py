@@ -24,27 +24,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
 import sys
-import time
 
 ROUNDS_PER_CALL = 8  # at batch 1; fewer at larger batches (a round there takes up to seconds)
 
 
 def rounds_per_call(batch: int) -> int:
     return max(1, ROUNDS_PER_CALL // max(1, batch // 4))
-
-
-def _median(fn, args, repeats: int) -> float:
-    import jax
-
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def round_times(sampler, *, batch: int, widths, repeats: int = 5) -> dict[int, float]:
@@ -78,7 +64,7 @@ def round_times(sampler, *, batch: int, widths, repeats: int = 5) -> dict[int, f
         def rounds(params, dparams, state, dec=dec):  # params as arguments: never folded into the program
             return jax.lax.fori_loop(0, n, lambda i, s: loop.adaptive_round(dec, params, dparams, s), state)
 
-        out[w] = _median(rounds, (params, dparams, state), repeats) / n
+        out[w] = micro._median_time(rounds, params, dparams, state, repeats=repeats) / n
     return out
 
 
