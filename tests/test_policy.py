@@ -237,7 +237,7 @@ def test_greedy_equals_plain_greedy_through_every_width(target, ar_tokens, draft
     drafter allows it): every branch of the adaptive round keeps greedy output exact."""
     lm, params = LM.split(target.module)
     resolved = registry.resolve(drafter_for(drafter, target), target)
-    gmax = 7
+    gmax = 3  # widths 0, 1, 2, 3: G_max not a power of two
     pol = cycling(gmax, 1 if resolved.drafter.must_observe else 0)
     prompt_bp, lengths_b, active_b = _pad(PROMPTS)
     dec = loop.Decoder(lm=lm, size=prompt_bp.shape[1] + 40 + gmax + 2, drafter=resolved.drafter, gamma=gmax,
