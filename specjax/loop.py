@@ -205,11 +205,12 @@ class Decoder:
     def run(self, params, draft_params, state: SpecState) -> SpecState:
         """The `lax.while_loop`: rounds until every row is done (EOS, max_new_tokens, a full buffer)."""
 
+        if self.policy is not None:
+            return adaptive_run(self, params, draft_params, state)
+
         def body(state: SpecState) -> SpecState:
             if self.drafter is None:
                 return ar_step(self, params, state)
-            if self.policy is not None:
-                return adaptive_round(self, params, draft_params, state)
             return spec_round(self, params, draft_params, state)
 
         return jax.lax.while_loop(not_finished, body, state)
@@ -312,12 +313,15 @@ def draft(dec: Decoder, params, draft_params, state: SpecState, keys_b) -> tuple
     return dec.drafter.propose(draft_params, params, state, keys_b, dec.gamma, state.sampling, dec.vocab_size)
 
 
-def verify(dec: Decoder, params, state: SpecState, proposal: Proposal) -> tuple[Verified, KVCache]:
+def verify(dec: Decoder, params, state: SpecState, proposal: Proposal, *, may_skip: bool = True
+           ) -> tuple[Verified, KVCache]:
     """Step 2: one target pass over [newest committed token, G proposals] -> (Verified, cache).
 
     Absent proposals (-1) are fed as token 0: causality keeps them from affecting any logits that
     the acceptance rule reads. When the drafter may abstain and no row proposed anything, a plain
-    one-token step replaces the (G+1)-token pass (its outputs padded to G+1 positions)."""
+    one-token step replaces the (G+1)-token pass (its outputs padded to G+1 positions); may_skip=False
+    leaves that `lax.cond` out (adaptive rounds: the policy already verifies width 0 when no row has a
+    proposal, and a conditional over the cache costs a copy of it)."""
     draft_bg = proposal.tokens
     G = draft_bg.shape[1]
     tokens_bg1 = jnp.concatenate([newest_tokens(state)[:, None], jnp.maximum(draft_bg, 0)], axis=1)
@@ -335,7 +339,7 @@ def verify(dec: Decoder, params, state: SpecState, proposal: Proposal) -> tuple[
         pad_g = ((0, 0), (0, G), (0, 0))
         return jnp.pad(logits_b1v, pad_g), cache, jnp.pad(taps_nb1d, ((0, 0),) + pad_g)
 
-    if dec.drafter is not None and dec.drafter.may_abstain and G > 0:
+    if may_skip and dec.drafter is not None and dec.drafter.may_abstain and G > 0:
         logits_bgv, cache, taps_nbgd = jax.lax.cond(jnp.any((draft_bg[:, 0] >= 0) & ~state.done), full, single, None)
     else:
         logits_bgv, cache, taps_nbgd = full(None)
@@ -399,48 +403,112 @@ def spec_round(dec: Decoder, params, draft_params, state: SpecState) -> SpecStat
     return commit_round(dec, params, draft_params, state, verified, verdict, cache)
 
 
-def adaptive_round(dec: Decoder, params, draft_params, state: SpecState) -> SpecState:
-    """One round under gamma="auto": the policy picks a verify width W from its compiled ones, and
-    that branch of a `lax.switch` drafts W proposals, verifies W + 1 positions and applies the rule
-    (W = 0: one plain step through the same rule), commits and lets the drafter observe at width W
-    (so a narrow round costs the drafter's `observe` no more than it verified; only the statistics
-    are G_max wide). A drafter whose proposals are nearly free (`proposes_once`, prompt lookup) drafts
-    G_max before the choice, so the policy sees how many each row has."""
+@struct.dataclass
+class Pending:
+    """What an adaptive round fixes before its width is known: the round's draft and accept keys, a
+    proposes-once drafter's G_max proposals (else [B, 0]) and the chosen index into the policy's widths."""
+
+    k_draft: jax.Array  # [B] keys
+    k_accept: jax.Array  # [B] keys
+    full: jax.Array  # [B, G] int32 (prompt lookup: its proposals, -1 where none) or [B, 0]
+    index: jax.Array  # int32 scalar
+
+
+def _proposes_once(dec: Decoder) -> bool:
+    return getattr(dec.drafter, "proposes_once", False) and dec.policy.widths != (0,)
+
+
+def prepare_round(dec: Decoder, params, draft_params, state: SpecState) -> tuple[SpecState, Pending]:
+    """The start of an adaptive round: split its keys, let a drafter whose proposals are nearly free
+    (`proposes_once`, prompt lookup) draft G_max, so the policy sees how many each row has, and choose
+    the width from the estimates so far."""
     policy, G = dec.policy, dec.gamma
     B = state.tokens.shape[0]
     keys_b, k_draft_b, k_accept_b = sampling.split_keys(state.keys, 3)
     state = state.replace(keys=keys_b)
-    active_b = ~state.done
-    plain_only = policy.widths == (0,)  # the batch fallback: this program never drafts
-    once = getattr(dec.drafter, "proposes_once", False) and not plain_only
-    if once:
+    if _proposes_once(dec):
         full, state = draft(dec, params, draft_params, state, k_draft_b)
         if full.q is not None:  # choosing W after drafting is exact only for point masses
             raise ConfigError(f"drafter {dec.drafter.name!r} sets proposes_once but its proposals are sampled")
-        available_b = jnp.sum(full.tokens >= 0, axis=1)
+        tokens_bg = full.tokens.astype(jnp.int32)
+        available_b = jnp.sum(tokens_bg >= 0, axis=1)
     else:
+        tokens_bg = jnp.zeros((B, 0), jnp.int32)
         available_b = jnp.full((B,), G, jnp.int32)
-    index = policy.choose(state.adapt, available_b, active_b, state.steps)
+    index = policy.choose(state.adapt, available_b, ~state.done, state.steps)
+    return state, Pending(k_draft=k_draft_b, k_accept=k_accept_b, full=tokens_bg, index=index)
 
-    def branch(W: int):
-        def run(state: SpecState):
-            if W == 0:
-                proposal = Proposal(jnp.zeros((B, 0), jnp.int32))
-            elif once:
-                proposal = Proposal(full.tokens[:, :W])
-            else:
-                proposal, state = dec.drafter.propose(draft_params, params, state, k_draft_b, W, state.sampling,
-                                                      dec.vocab_size)
-            verified, cache = verify(dec, params, state, proposal)
-            verdict = accept(dec, k_accept_b, state, proposal, verified)
-            after = commit_round(dec, params, draft_params, state, verified, verdict, cache, observe=not plain_only)
-            proposed_bg = jnp.pad(verdict.proposed, ((0, 0), (0, G - W)))
-            return after.replace(adapt=policy.update(state.adapt, verdict.accepted, proposed_bg, active_b,
-                                                     jnp.int32(W)))
+
+def round_at_width(dec: Decoder, params, draft_params, state: SpecState, pending: Pending, W: int) -> SpecState:
+    """One adaptive round at the static width W: draft W proposals (prompt lookup: the first W of its
+    G_max), verify W + 1 positions, apply the rule (W = 0: one plain step through the same rule), commit
+    and let the drafter observe at width W (so a narrow round costs the drafter's `observe` no more than
+    it verified; only the statistics are G_max wide), and fold the round into the policy's estimates."""
+    policy, G = dec.policy, dec.gamma
+    B = state.tokens.shape[0]
+    plain_only = policy.widths == (0,)  # the batch fallback: this program never drafts
+    active_b = ~state.done
+    if W == 0:
+        proposal = Proposal(jnp.zeros((B, 0), jnp.int32))
+    elif _proposes_once(dec):
+        proposal = Proposal(pending.full[:, :W])
+    else:
+        proposal, state = dec.drafter.propose(draft_params, params, state, pending.k_draft, W, state.sampling,
+                                              dec.vocab_size)
+    verified, cache = verify(dec, params, state, proposal, may_skip=False)
+    verdict = accept(dec, pending.k_accept, state, proposal, verified)
+    after = commit_round(dec, params, draft_params, state, verified, verdict, cache, observe=not plain_only)
+    proposed_bg = jnp.pad(verdict.proposed, ((0, 0), (0, G - W)))
+    return after.replace(adapt=policy.update(state.adapt, verdict.accepted, proposed_bg, active_b, jnp.int32(W)))
+
+
+def adaptive_round(dec: Decoder, params, draft_params, state: SpecState) -> SpecState:
+    """One round under gamma="auto" on its own: `prepare_round`, then the chosen width's branch of a
+    `lax.switch` (`round_at_width`). The decode loop runs `adaptive_run` instead, which gives the same
+    rounds; this form times one round of a fixed width (`specjax calibrate`)."""
+    state, pending = prepare_round(dec, params, draft_params, state)
+    branches = [functools.partial(round_at_width, dec, params, draft_params, pending=pending, W=W)
+                for W in dec.policy.widths]
+    return jax.lax.switch(pending.index, [lambda s, f=f: f(state=s) for f in branches], state)
+
+
+def adaptive_run(dec: Decoder, params, draft_params, state: SpecState) -> SpecState:
+    """The decode loop under gamma="auto", in segments: the outer `lax.while_loop` switches to the
+    chosen width's branch, whose own `lax.while_loop` runs rounds of that width until the policy picks
+    another one (or every row is done). The rounds are exactly `adaptive_round`'s, one after another.
+
+    Why segments: XLA copies every buffer a conditional updates in place (the KV cache above all) on
+    each entry into a branch, and again into the loop's carry after it. With one `lax.switch` per
+    round, that was two copies of the whole cache every round (12% of a batch-4 SmolLM2 step, growing
+    with batch and cache size); inside a segment the cache is updated in place, as in plain decoding,
+    and the copies are paid once per change of width."""
+    widths = dec.policy.widths
+    first = prepare_round(dec, params, draft_params, state)
+
+    def branch(i: int, W: int):
+        def run(carry):
+            def body(carry):
+                state, pending = carry
+                state = round_at_width(dec, params, draft_params, state, pending, W)
+                return prepare_round(dec, params, draft_params, state)
+
+            def same_width(carry):
+                state, pending = carry
+                return (pending.index == i) & not_finished(state)
+
+            return jax.lax.while_loop(same_width, body, carry)
 
         return run
 
-    return jax.lax.switch(index, [branch(W) for W in policy.widths], state)
+    if len(widths) == 1:
+        state, _ = branch(0, widths[0])(first)
+        return state
+
+    def outer(carry):
+        return jax.lax.switch(carry[1].index, [branch(i, W) for i, W in enumerate(widths)], carry)
+
+    state, _ = jax.lax.while_loop(lambda carry: not_finished(carry[0]), outer, first)
+    return state
 
 
 def ar_step(dec: Decoder, params, state: SpecState) -> SpecState:

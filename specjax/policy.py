@@ -58,6 +58,10 @@ VERIFY_SLOPE = 0.04
 DEFAULT_DRAFT_COST = 0.3
 # Speculation "loses" at a batch size when no window beats a plain step even at this acceptance rate.
 FALLBACK_ACCEPTANCE = 0.9
+# A change of width costs two copies of the KV cache (`loop.adaptive_run`); in plain steps, when no
+# calibration measured it. It is spread over SWITCH_HORIZON rounds when a change is weighed.
+DEFAULT_SWITCH_COST = 0.1
+SWITCH_HORIZON = 8
 
 
 def widths_for(gamma_max: int) -> tuple[int, ...]:
@@ -76,6 +80,7 @@ class Costs:
     = 1, a plain step) = (drafting W proposals + the (W+1)-token verify pass) / one-token step."""
 
     round: tuple[float, ...]
+    switch: float = DEFAULT_SWITCH_COST
     source: str = "default"
 
     @classmethod
@@ -93,14 +98,15 @@ class Adapt:
     accepted: jax.Array  # [B, G] float32
     width: jax.Array  # [B] int32, the sum of the verify widths of the row's rounds (statistics)
     plain: jax.Array  # [B] int32, the row's rounds of width 0 (plain steps)
+    last: jax.Array  # int32 scalar: the index into the policy's widths of the last round (-1 before the first)
 
     @classmethod
     def zeros(cls, batch: int, gamma: int) -> "Adapt":
         z, zb = jnp.zeros((batch, gamma), jnp.float32), jnp.zeros((batch,), jnp.int32)
-        return cls(reached=z, accepted=z, width=zb, plain=zb)
+        return cls(reached=z, accepted=z, width=zb, plain=zb, last=jnp.int32(-1))
 
     def logical_axes(self) -> "Adapt":
-        return Adapt(reached=("batch", None), accepted=("batch", None), width=("batch",), plain=("batch",))
+        return Adapt(reached=("batch", None), accepted=("batch", None), width=("batch",), plain=("batch",), last=())
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -113,7 +119,11 @@ class Policy:
     pulling a position's estimate to its row's pooled rate, and that to the prior; decay: the factor
     counts keep per round; probe_every: when the estimates say no width pays, every probe_every-th
     round still verifies the narrowest speculative width (if it could pay at all, i.e. at acceptance
-    FALLBACK_ACCEPTANCE), so a row whose acceptance is better than believed is found out; 0 = never."""
+    FALLBACK_ACCEPTANCE), so a row whose acceptance is better than believed is found out; 0 = never.
+    switch_cost: what a change of width costs, in plain steps (two copies of the KV cache, see
+    `loop.adaptive_run`); a width other than the current one is charged switch_cost / SWITCH_HORIZON
+    per round when the policy weighs a change, so it does not flip between widths of nearly equal
+    rate."""
 
     widths: tuple[int, ...]
     round_cost: tuple[float, ...]
@@ -122,6 +132,7 @@ class Policy:
     pooled_strength: float = 2.0
     decay: float = 0.9
     probe_every: int = 64
+    switch_cost: float = DEFAULT_SWITCH_COST
     source: str = "default"
 
     def __post_init__(self):
@@ -137,6 +148,8 @@ class Policy:
                               f"{self.pooled_strength}")
         if not isinstance(self.probe_every, int) or self.probe_every < 0:
             raise ConfigError(f"policy probe_every must be an integer >= 0, got {self.probe_every!r}")
+        if not (isinstance(self.switch_cost, (int, float)) and self.switch_cost >= 0):
+            raise ConfigError(f"policy switch_cost must be a number >= 0, got {self.switch_cost!r}")
 
     @classmethod
     def make(cls, costs: Costs, *, gamma_max: int, min_width: int = 0, **kw) -> "Policy":
@@ -144,6 +157,7 @@ class Policy:
         if len(costs.round) < gamma_max + 1:
             raise ConfigError(f"costs cover windows up to {len(costs.round) - 1}, G_max is {gamma_max}")
         widths = tuple(w for w in widths_for(gamma_max) if w >= min_width)
+        kw.setdefault("switch_cost", costs.switch)
         return cls(widths=widths, round_cost=tuple(float(costs.round[w]) for w in widths), source=costs.source, **kw)
 
     def estimates(self, adapt: Adapt) -> jax.Array:
@@ -168,10 +182,16 @@ class Policy:
         return cum_bg1[:, jnp.asarray(self.widths)]
 
     def choose(self, adapt: Adapt, available_b: jax.Array, active_b: jax.Array, steps: jax.Array) -> jax.Array:
-        """The index into `widths` of this round's verify width (a traced int32 scalar)."""
+        """The index into `widths` of this round's verify width (a traced int32 scalar). Widths other
+        than the last round's (`adapt.last`; none before the first round) pay the switch cost."""
         E_bw = self.expected_tokens(self.estimates(adapt), available_b)
         total_w = jnp.sum(jnp.where(active_b[:, None], E_bw, 0.0), axis=0)
-        rate_w = total_w / jnp.asarray(self.round_cost, jnp.float32)
+        cost_w = jnp.asarray(self.round_cost, jnp.float32)
+        if self.switch_cost > 0:
+            idx_w = jnp.arange(len(self.widths))
+            cost_w = cost_w + jnp.where((adapt.last < 0) | (idx_w == adapt.last), 0.0,
+                                        self.switch_cost / SWITCH_HORIZON)
+        rate_w = total_w / cost_w
         best = jnp.argmax(rate_w).astype(jnp.int32)  # ties: the narrowest
         probe = self.probe_index()
         if probe is None:
@@ -191,13 +211,15 @@ class Policy:
 
     def update(self, adapt: Adapt, accepted_b: jax.Array, proposed_bg: jax.Array, active_b: jax.Array,
                width: jax.Array) -> Adapt:
-        """Fold one round in: proposal j was reached if it existed and 0..j-1 were accepted."""
+        """Fold one round of width `width` (one of `widths`) in: proposal j was reached if it existed and
+        0..j-1 were accepted."""
         j_g = jnp.arange(proposed_bg.shape[1])
         reached = (j_g <= accepted_b[:, None]) & proposed_bg & active_b[:, None]
         accepted = (j_g < accepted_b[:, None]) & active_b[:, None]
         return Adapt(reached=self.decay * adapt.reached + reached, accepted=self.decay * adapt.accepted + accepted,
                      width=adapt.width + jnp.where(active_b, width, 0),
-                     plain=adapt.plain + (active_b & (width == 0)))
+                     plain=adapt.plain + (active_b & (width == 0)),
+                     last=jnp.argmax(jnp.asarray(self.widths) == width).astype(jnp.int32))
 
 
 # --- calibration: measured costs on this machine ------------------------------------------------
@@ -262,7 +284,9 @@ def costs_from_entry(entry: dict, batch: int, gamma_max: int) -> Costs | None:
     cost = entry["batches"][str(b)].get("round")
     if not isinstance(cost, list) or len(cost) < gamma_max + 1:
         return None
-    return Costs(round=tuple(float(x) for x in cost[:gamma_max + 1]), source=f"calibrated (batch {b})")
+    switch = entry["batches"][str(b)].get("switch", DEFAULT_SWITCH_COST)
+    return Costs(round=tuple(float(x) for x in cost[:gamma_max + 1]), switch=float(switch),
+                 source=f"calibrated (batch {b})")
 
 
 def fallback_batch(entry: dict, acceptance: float = FALLBACK_ACCEPTANCE) -> int | None:
@@ -289,6 +313,9 @@ def check_entry(entry, key: str, path: str) -> dict:
         if (not isinstance(cost, list) or not cost
                 or not all(isinstance(x, (int, float)) and x > 0 for x in cost)):
             raise bad(f"batch {b}: 'round' must be a list of positive numbers")
+        switch = row.get("switch", 0.0)
+        if not isinstance(switch, (int, float)) or switch < 0:
+            raise bad(f"batch {b}: 'switch' must be a number >= 0")
     return entry
 
 
