@@ -5,8 +5,9 @@ Axes: B batch, G the largest window (G_max), W the compiled verify widths.
 Each round the loop picks one verify width W from a few compiled ones (`Policy.widths`, e.g. 0, 1, 2,
 4, 8; 0 is a plain one-token step) and runs that branch of a `lax.switch`: the drafter proposes W
 tokens, the target verifies W + 1 positions, the rule decides, and everything is padded back to
-G_max so the loop's shapes never change. The width maximises the batch's expected tokens per unit
-of time:
+G_max so the loop's shapes never change (each branch is a loop of rounds of its width, left when the
+policy picks another width: `loop.adaptive_run`). The width maximises the batch's expected tokens
+per unit of time:
 
     rate(W) = sum_b E_b(W) / (B_active * cost(W)),   E_b(W) = 1 + sum_{i=1..min(W, m_b)} prod_{j<i} a_bj
 
@@ -14,7 +15,8 @@ where a_bj is row b's running estimate of P(proposal j accepted | 0..j-1 accepte
 proposals the row has (prompt lookup: what its match offers; other drafters: G_max), and
 cost(W) = (drafting W proposals + a (W+1)-token verify pass) / one plain target step, measured by
 `specjax calibrate` for this machine, target, drafter and batch size (`Costs`), or stated defaults.
-cost(0) = 1 and E(0) = 1: a plain step. So a round speculates only when its expected rate beats
+cost(0) = 1 and E(0) = 1: a plain step. A width other than the last round's also pays
+switch_cost / SWITCH_HORIZON (a change of width copies the KV cache twice). So a round speculates only when its expected rate beats
 plain decoding, and every row then proposes up to W tokens: once the batch pays for a width, extra
 proposals cost nothing more and can only add tokens.
 
