@@ -435,7 +435,8 @@ def prepare_round(dec: Decoder, params, draft_params, state: SpecState) -> tuple
     else:
         tokens_bg = jnp.zeros((B, 0), jnp.int32)
         available_b = jnp.full((B,), G, jnp.int32)
-    index = policy.choose(state.adapt, available_b, ~state.done, state.steps)
+    remaining_b = state.max_new_tokens - (state.lengths - state.prompt_lengths)
+    index = policy.choose(state.adapt, available_b, ~state.done, state.steps, remaining_b)
     return state, Pending(k_draft=k_draft_b, k_accept=k_accept_b, full=tokens_bg, index=index)
 
 
@@ -465,7 +466,8 @@ def round_at_width(dec: Decoder, params, draft_params, state: SpecState, pending
 def adaptive_round(dec: Decoder, params, draft_params, state: SpecState) -> SpecState:
     """One round under gamma="auto" on its own: `prepare_round`, then the chosen width's branch of a
     `lax.switch` (`round_at_width`). The decode loop runs `adaptive_run` instead, which gives the same
-    rounds; this form times one round of a fixed width (`specjax calibrate`)."""
+    rounds without the conditional; this form times one round of a fixed width (`specjax calibrate`,
+    where the one-branch switch is no conditional either)."""
     state, pending = prepare_round(dec, params, draft_params, state)
     branches = [functools.partial(round_at_width, dec, params, draft_params, pending=pending, W=W)
                 for W in dec.policy.widths]
@@ -473,41 +475,39 @@ def adaptive_round(dec: Decoder, params, draft_params, state: SpecState) -> Spec
 
 
 def adaptive_run(dec: Decoder, params, draft_params, state: SpecState) -> SpecState:
-    """The decode loop under gamma="auto", in segments: the outer `lax.while_loop` switches to the
-    chosen width's branch, whose own `lax.while_loop` runs rounds of that width until the policy picks
-    another one (or every row is done). The rounds are exactly `adaptive_round`'s, one after another.
+    """The decode loop under gamma="auto". Its body is a chain of loops, one per compiled width, each
+    running rounds of its width for as long as the policy keeps choosing it (zero times when it does
+    not); the outer loop repeats the chain until every row is done. The rounds are exactly
+    `adaptive_round`'s, one after another.
 
-    Why segments: XLA copies every buffer a conditional updates in place (the KV cache above all) on
-    each entry into a branch, and again into the loop's carry after it. With one `lax.switch` per
-    round, that was two copies of the whole cache every round (12% of a batch-4 SmolLM2 step, growing
-    with batch and cache size); inside a segment the cache is updated in place, as in plain decoding,
-    and the copies are paid once per change of width."""
+    Why not one `lax.switch` per round: XLA copies every buffer that a conditional's branch updates in
+    place (the KV cache above all) on each entry into the branch, and again into the loop's carry
+    after it: two copies of the whole cache every round, 12% of a batch-4 SmolLM2 step and growing
+    with batch and cache size. A while loop updates its carry in place, so a chain of loops costs no
+    copy at all, whatever the policy chooses."""
     widths = dec.policy.widths
+
+    def width_loop(i: int, W: int):
+        def body(carry):
+            state, pending = carry
+            state = round_at_width(dec, params, draft_params, state, pending, W)
+            return prepare_round(dec, params, draft_params, state)
+
+        def chosen(carry):
+            state, pending = carry
+            return (pending.index == i) & not_finished(state)
+
+        return lambda carry: jax.lax.while_loop(chosen, body, carry)
+
+    loops = [width_loop(i, W) for i, W in enumerate(widths)]
+
+    def chain(carry):
+        for run in loops:
+            carry = run(carry)
+        return carry
+
     first = prepare_round(dec, params, draft_params, state)
-
-    def branch(i: int, W: int):
-        def run(carry):
-            def body(carry):
-                state, pending = carry
-                state = round_at_width(dec, params, draft_params, state, pending, W)
-                return prepare_round(dec, params, draft_params, state)
-
-            def same_width(carry):
-                state, pending = carry
-                return (pending.index == i) & not_finished(state)
-
-            return jax.lax.while_loop(same_width, body, carry)
-
-        return run
-
-    if len(widths) == 1:
-        state, _ = branch(0, widths[0])(first)
-        return state
-
-    def outer(carry):
-        return jax.lax.switch(carry[1].index, [branch(i, W) for i, W in enumerate(widths)], carry)
-
-    state, _ = jax.lax.while_loop(lambda carry: not_finished(carry[0]), outer, first)
+    state, _ = jax.lax.while_loop(lambda carry: not_finished(carry[0]), chain, first)
     return state
 
 

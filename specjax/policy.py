@@ -3,22 +3,24 @@
 Axes: B batch, G the largest window (G_max), W the compiled verify widths.
 
 Each round the loop picks one verify width W from a few compiled ones (`Policy.widths`, e.g. 0, 1, 2,
-4, 8; 0 is a plain one-token step) and runs that branch of a `lax.switch`: the drafter proposes W
-tokens, the target verifies W + 1 positions, the rule decides, and everything is padded back to
-G_max so the loop's shapes never change (each branch is a loop of rounds of its width, left when the
-policy picks another width: `loop.adaptive_run`). The width maximises the batch's expected tokens
-per unit of time:
+4, 8; 0 is a plain one-token step) and runs a round of that width: the drafter proposes W tokens,
+the target verifies W + 1 positions, the rule decides, and everything is padded back to G_max so the
+loop's shapes never change (the decode loop runs the widths as a chain of while loops,
+`loop.adaptive_run`, so that choosing a width copies nothing). The width minimises the expected
+time until the batch's last row is done (a call returns when its slowest row does):
 
-    rate(W) = sum_b E_b(W) / (B_active * cost(W)),   E_b(W) = 1 + sum_{i=1..min(W, m_b)} prod_{j<i} a_bj
+    time(W) = cost(W) * max_b r_b / E_b(W),   E_b(W) = 1 + sum_{i=1..min(W, m_b)} prod_{j<i} a_bj
 
-where a_bj is row b's running estimate of P(proposal j accepted | 0..j-1 accepted) and m_b the
+over the rows still decoding, where r_b is the tokens row b has still to emit, a_bj is row b's running estimate of P(proposal j accepted | 0..j-1 accepted) and m_b the
 proposals the row has (prompt lookup: what its match offers; other drafters: G_max), and
 cost(W) = (drafting W proposals + a (W+1)-token verify pass) / one plain target step, measured by
 `specjax calibrate` for this machine, target, drafter and batch size (`Costs`), or stated defaults.
-cost(0) = 1 and E(0) = 1: a plain step. A width other than the last round's also pays
-switch_cost / SWITCH_HORIZON (a change of width copies the KV cache twice). So a round speculates only when its expected rate beats
-plain decoding, and every row then proposes up to W tokens: once the batch pays for a width, extra
-proposals cost nothing more and can only add tokens.
+cost(0) = 1 and E(0) = 1: a plain step. So a round speculates only when it is expected to bring the
+slowest row's end closer than plain decoding would (at batch 1: when its expected rate beats plain
+decoding), and every row then proposes up to W tokens: once the batch pays for a width, extra
+proposals cost nothing more and can only add tokens. (Maximising the batch's total tokens per unit
+of cost instead sped up rows that finish early anyway, while every round a low-acceptance row
+could not use slowed that row, and with it the call: 0.87-0.94x of plain decoding at batch 4.)
 
 Estimates (`Adapt`, part of the loop state): per row and draft position, counts of proposals
 reached and accepted, decayed by `decay` every round (so a row that changes character, e.g. from
@@ -60,10 +62,7 @@ VERIFY_SLOPE = 0.04
 DEFAULT_DRAFT_COST = 0.3
 # Speculation "loses" at a batch size when no window beats a plain step even at this acceptance rate.
 FALLBACK_ACCEPTANCE = 0.9
-# A change of width costs two copies of the KV cache (`loop.adaptive_run`); in plain steps, when no
-# calibration measured it. It is spread over SWITCH_HORIZON rounds when a change is weighed.
-DEFAULT_SWITCH_COST = 0.1
-SWITCH_HORIZON = 8
+OBJECTIVES = ("slowest", "rate")
 
 
 def widths_for(gamma_max: int) -> tuple[int, ...]:
@@ -82,7 +81,6 @@ class Costs:
     = 1, a plain step) = (drafting W proposals + the (W+1)-token verify pass) / one-token step."""
 
     round: tuple[float, ...]
-    switch: float = DEFAULT_SWITCH_COST
     source: str = "default"
 
     @classmethod
@@ -100,15 +98,14 @@ class Adapt:
     accepted: jax.Array  # [B, G] float32
     width: jax.Array  # [B] int32, the sum of the verify widths of the row's rounds (statistics)
     plain: jax.Array  # [B] int32, the row's rounds of width 0 (plain steps)
-    last: jax.Array  # int32 scalar: the index into the policy's widths of the last round (-1 before the first)
 
     @classmethod
     def zeros(cls, batch: int, gamma: int) -> "Adapt":
         z, zb = jnp.zeros((batch, gamma), jnp.float32), jnp.zeros((batch,), jnp.int32)
-        return cls(reached=z, accepted=z, width=zb, plain=zb, last=jnp.int32(-1))
+        return cls(reached=z, accepted=z, width=zb, plain=zb)
 
     def logical_axes(self) -> "Adapt":
-        return Adapt(reached=("batch", None), accepted=("batch", None), width=("batch",), plain=("batch",), last=())
+        return Adapt(reached=("batch", None), accepted=("batch", None), width=("batch",), plain=("batch",))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -122,10 +119,9 @@ class Policy:
     counts keep per round; probe_every: when the estimates say no width pays, every probe_every-th
     round still verifies the narrowest speculative width (if it could pay at all, i.e. at acceptance
     FALLBACK_ACCEPTANCE), so a row whose acceptance is better than believed is found out; 0 = never.
-    switch_cost: what a change of width costs, in plain steps (two copies of the KV cache, see
-    `loop.adaptive_run`); a width other than the current one is charged switch_cost / SWITCH_HORIZON
-    per round when the policy weighs a change, so it does not flip between widths of nearly equal
-    rate."""
+    objective: "slowest" (default) minimises the expected time until the batch's last row is done (a
+    call returns then); "rate" maximises the batch's expected tokens per unit of cost, for callers
+    that do not wait for the slowest row."""
 
     widths: tuple[int, ...]
     round_cost: tuple[float, ...]
@@ -134,7 +130,7 @@ class Policy:
     pooled_strength: float = 2.0
     decay: float = 0.9
     probe_every: int = 64
-    switch_cost: float = DEFAULT_SWITCH_COST
+    objective: str = "slowest"
     source: str = "default"
 
     def __post_init__(self):
@@ -150,8 +146,8 @@ class Policy:
                               f"{self.pooled_strength}")
         if not isinstance(self.probe_every, int) or self.probe_every < 0:
             raise ConfigError(f"policy probe_every must be an integer >= 0, got {self.probe_every!r}")
-        if not (isinstance(self.switch_cost, (int, float)) and self.switch_cost >= 0):
-            raise ConfigError(f"policy switch_cost must be a number >= 0, got {self.switch_cost!r}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"policy objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
 
     @classmethod
     def make(cls, costs: Costs, *, gamma_max: int, min_width: int = 0, **kw) -> "Policy":
@@ -159,7 +155,6 @@ class Policy:
         if len(costs.round) < gamma_max + 1:
             raise ConfigError(f"costs cover windows up to {len(costs.round) - 1}, G_max is {gamma_max}")
         widths = tuple(w for w in widths_for(gamma_max) if w >= min_width)
-        kw.setdefault("switch_cost", costs.switch)
         return cls(widths=widths, round_cost=tuple(float(costs.round[w]) for w in widths), source=costs.source, **kw)
 
     def estimates(self, adapt: Adapt) -> jax.Array:
@@ -183,18 +178,25 @@ class Policy:
         cum_bg1 = jnp.concatenate([jnp.ones_like(reach_bg[:, :1]), 1.0 + jnp.cumsum(reach_bg, axis=1)], axis=1)
         return cum_bg1[:, jnp.asarray(self.widths)]
 
-    def choose(self, adapt: Adapt, available_b: jax.Array, active_b: jax.Array, steps: jax.Array) -> jax.Array:
-        """The index into `widths` of this round's verify width (a traced int32 scalar). Widths other
-        than the last round's (`adapt.last`; none before the first round) pay the switch cost."""
+    def choose(self, adapt: Adapt, available_b: jax.Array, active_b: jax.Array, steps: jax.Array,
+               remaining_b: jax.Array | None = None) -> jax.Array:
+        """The index into `widths` of this round's verify width (a traced int32 scalar).
+
+        Objective "slowest", given `remaining_b` (the tokens each row still has to emit): the width
+        minimises the expected time until the last row is done, cost(W) x max_b remaining_b / E_b(W) over
+        the active rows: a call returns when its slowest row does, so tokens a fast row gains sooner do
+        not shorten it, while a round the slowest row cannot use slows every row down. Objective "rate"
+        (or no `remaining_b`): the width maximises the batch's expected tokens per unit of cost. At
+        batch 1 the two agree."""
         E_bw = self.expected_tokens(self.estimates(adapt), available_b)
-        total_w = jnp.sum(jnp.where(active_b[:, None], E_bw, 0.0), axis=0)
         cost_w = jnp.asarray(self.round_cost, jnp.float32)
-        if self.switch_cost > 0:
-            idx_w = jnp.arange(len(self.widths))
-            cost_w = cost_w + jnp.where((adapt.last < 0) | (idx_w == adapt.last), 0.0,
-                                        self.switch_cost / SWITCH_HORIZON)
-        rate_w = total_w / cost_w
-        best = jnp.argmax(rate_w).astype(jnp.int32)  # ties: the narrowest
+        if remaining_b is None or self.objective == "rate":
+            total_w = jnp.sum(jnp.where(active_b[:, None], E_bw, 0.0), axis=0)
+            best = jnp.argmax(total_w / cost_w).astype(jnp.int32)  # ties: the narrowest
+        else:
+            rounds_bw = jnp.maximum(remaining_b[:, None].astype(jnp.float32) / E_bw, 1.0)
+            slowest_w = jnp.max(jnp.where(active_b[:, None], rounds_bw, 0.0), axis=0)
+            best = jnp.argmin(slowest_w * cost_w).astype(jnp.int32)  # ties: the narrowest
         probe = self.probe_index()
         if probe is None:
             return best
@@ -213,15 +215,13 @@ class Policy:
 
     def update(self, adapt: Adapt, accepted_b: jax.Array, proposed_bg: jax.Array, active_b: jax.Array,
                width: jax.Array) -> Adapt:
-        """Fold one round of width `width` (one of `widths`) in: proposal j was reached if it existed and
-        0..j-1 were accepted."""
+        """Fold one round in: proposal j was reached if it existed and 0..j-1 were accepted."""
         j_g = jnp.arange(proposed_bg.shape[1])
         reached = (j_g <= accepted_b[:, None]) & proposed_bg & active_b[:, None]
         accepted = (j_g < accepted_b[:, None]) & active_b[:, None]
         return Adapt(reached=self.decay * adapt.reached + reached, accepted=self.decay * adapt.accepted + accepted,
                      width=adapt.width + jnp.where(active_b, width, 0),
-                     plain=adapt.plain + (active_b & (width == 0)),
-                     last=jnp.argmax(jnp.asarray(self.widths) == width).astype(jnp.int32))
+                     plain=adapt.plain + (active_b & (width == 0)))
 
 
 # --- calibration: measured costs on this machine ------------------------------------------------
@@ -286,9 +286,7 @@ def costs_from_entry(entry: dict, batch: int, gamma_max: int) -> Costs | None:
     cost = entry["batches"][str(b)].get("round")
     if not isinstance(cost, list) or len(cost) < gamma_max + 1:
         return None
-    switch = entry["batches"][str(b)].get("switch", DEFAULT_SWITCH_COST)
-    return Costs(round=tuple(float(x) for x in cost[:gamma_max + 1]), switch=float(switch),
-                 source=f"calibrated (batch {b})")
+    return Costs(round=tuple(float(x) for x in cost[:gamma_max + 1]), source=f"calibrated (batch {b})")
 
 
 def fallback_batch(entry: dict, acceptance: float = FALLBACK_ACCEPTANCE) -> int | None:
@@ -315,9 +313,6 @@ def check_entry(entry, key: str, path: str) -> dict:
         if (not isinstance(cost, list) or not cost
                 or not all(isinstance(x, (int, float)) and x > 0 for x in cost)):
             raise bad(f"batch {b}: 'round' must be a list of positive numbers")
-        switch = row.get("switch", 0.0)
-        if not isinstance(switch, (int, float)) or switch < 0:
-            raise bad(f"batch {b}: 'switch' must be a number >= 0")
     return entry
 
 

@@ -28,7 +28,7 @@ class CyclingPolicy(P.Policy):
 
     order: tuple[int, ...] = ()
 
-    def choose(self, adapt, available_b, active_b, steps):
+    def choose(self, adapt, available_b, active_b, steps, remaining_b=None):
         order = jnp.asarray(self.order or tuple(range(len(self.widths))), jnp.int32)
         return order[steps % len(order)]
 
@@ -101,35 +101,14 @@ def test_choose_maximises_the_batch_rate_and_picks_plain_when_nothing_pays():
     assert int(cheap.choose(mixed, avail, jnp.array([True, False]), jnp.int32(0))) == 3
 
 
-def test_a_change_of_width_pays_the_switch_cost_spread_over_the_horizon():
-    """Two widths of nearly equal rate: the running one stays; a clearly better one still wins."""
-    adapt = P.Adapt.zeros(1, 4).replace(reached=jnp.full((1, 4), 100.0), accepted=jnp.full((1, 4), 80.0))
-    active, avail = jnp.array([True]), jnp.array([4])
-    E = np.array([metrics.expected_tokens_per_round(0.8, w) for w in (0, 1, 2, 4)])
-    cost = E / E[3] * 1.2  # every width yields 1 / 1.2 tokens per step ...
-    cost[3] *= 0.99  # ... width 4 about 1% more
-    pol = P.Policy(widths=(0, 1, 2, 4), round_cost=tuple(cost), strength=1e-6, pooled_strength=1e-6,
-                   switch_cost=0.4)
-    assert int(pol.choose(adapt, avail, active, jnp.int32(0))) == 3  # nothing ran yet: the best
-    after_2 = pol.update(adapt, jnp.array([2]), jnp.array([[True, True, False, False]]), active, jnp.int32(2))
-    assert int(after_2.last) == 2
-    after_2 = after_2.replace(reached=adapt.reached, accepted=adapt.accepted)  # the same estimates
-    assert int(pol.choose(after_2, avail, active, jnp.int32(1))) == 2  # 1% does not pay 0.4 / 8
-    assert int(dataclasses.replace(pol, switch_cost=0.0).choose(after_2, avail, active, jnp.int32(1))) == 3
-    clearly = dataclasses.replace(pol, round_cost=tuple(cost[:3]) + (cost[3] * 0.9,))
-    assert int(clearly.choose(after_2, avail, active, jnp.int32(1))) == 3
-    with pytest.raises(ConfigError, match="switch_cost"):
-        dataclasses.replace(pol, switch_cost=-1.0)
-
-
-def test_segments_run_the_same_rounds_as_one_switch_per_round():
-    """`adaptive_run` (a loop per width, re-entered when the policy changes its mind) emits exactly what a
-    loop of `adaptive_round`s (one `lax.switch` per round) emits: tokens, statistics and estimates, with
-    the real policy (probing, switch costs) on a sampled batch."""
+def test_the_chain_of_width_loops_runs_the_same_rounds_as_one_switch_per_round():
+    """`adaptive_run` (a chain of while loops, one per width, each running while the policy chooses it)
+    emits exactly what a loop of `adaptive_round`s (one `lax.switch` per round) emits: tokens, statistics
+    and estimates, with the real policy (probe rounds included) on a sampled batch."""
     target = tiny_lm(0)
     lm, params = LM.split(target.module)
     resolved = registry.resolve("ngram:2", target)
-    pol = P.Policy.make(P.Costs.default(4, 1, 0.0), gamma_max=4, probe_every=3, switch_cost=0.05)
+    pol = P.Policy.make(P.Costs.default(4, 1, 0.0), gamma_max=4, probe_every=3)
     prompt_bp, lengths_b, active_b = _pad(PROMPTS)
     dec = loop.Decoder(lm=lm, size=prompt_bp.shape[1] + 30 + 6, drafter=resolved.drafter, gamma=4, policy=pol)
     batch = loop.Batch.make(prompt_bp, lengths_b, active=active_b, max_new_tokens=30, key=jax.random.key(3),
@@ -145,6 +124,25 @@ def test_segments_run_the_same_rounds_as_one_switch_per_round():
     for x, y in zip(jax.tree.leaves((a.tokens, a.lengths, a.stats, a.adapt)), jax.tree.leaves((b.tokens, b.lengths, b.stats, b.adapt))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert 0 < int(np.asarray(a.adapt.plain).sum()) < int(np.asarray(a.stats.rounds).sum()), "both kinds of round ran"
+
+
+def test_with_remaining_tokens_the_slowest_row_decides():
+    """A call returns when its last row does. Row 0 accepts 90% of proposals, row 1 nothing: with the
+    same tokens left, speculating only slows row 1 (and the call) down, so the width is 0, although the
+    batch's total tokens per unit of cost would be higher at width 4; when row 0 has far more left,
+    it is the slowest row and the widest width pays."""
+    reached = jnp.full((2, 4), 100.0)
+    adapt = P.Adapt.zeros(2, 4).replace(reached=reached, accepted=jnp.array([[90.0] * 4, [0.0] * 4]))
+    pol = P.Policy(widths=(0, 1, 2, 4), round_cost=(1.0, 1.05, 1.1, 1.2), strength=1e-6, pooled_strength=1e-6)
+    active, avail, step = jnp.array([True, True]), jnp.array([4, 4]), jnp.int32(0)
+    assert int(pol.choose(adapt, avail, active, step)) == 3  # total tokens per unit of cost
+    assert int(pol.choose(adapt, avail, active, step, jnp.array([40, 40]))) == 0
+    assert int(pol.choose(adapt, avail, active, step, jnp.array([200, 40]))) == 3
+    assert int(pol.choose(adapt, avail, jnp.array([True, False]), step, jnp.array([40, 40]))) == 3  # row 1 is done
+    rate = dataclasses.replace(pol, objective="rate")
+    assert int(rate.choose(adapt, avail, active, step, jnp.array([40, 40]))) == 3
+    with pytest.raises(ConfigError, match="objective"):
+        dataclasses.replace(pol, objective="fastest")
 
 
 def test_update_counts_reached_and_accepted_proposals_with_decay():

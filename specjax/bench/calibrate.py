@@ -12,7 +12,6 @@ cache of 512 slots with 256 committed tokens per row (`specjax.bench.measure`):
   v(W)       the target's (W+1)-token forward / its 1-token forward (`measure.StepTimer`)
   c(W)       (round(W) - the (W+1)-token forward) / (W x the 1-token forward): what drafting, the rule
              and the bookkeeping add per proposal
-  switch     two copies of the KV cache / round(0): what a change of width costs the adaptive loop
 
 The costs the policy reads are round(W) / round(0) (widths between the compiled ones interpolated).
 They are stored under (backend, device kind, target, drafter) in the calibration file
@@ -69,19 +68,6 @@ def round_times(sampler, *, batch: int, widths, repeats: int = 5) -> dict[int, f
     return out
 
 
-def cache_copy_time(sampler, *, batch: int, repeats: int = 5) -> float:
-    """Seconds to copy the target's KV cache for `batch` rows (the 512-slot cache of `round_times`)
-    once: a change of width under gamma="auto" costs two such copies (`loop.adaptive_run`)."""
-    import jax
-    import jax.numpy as jnp
-
-    from specjax.bench import measure as micro
-
-    cache = sampler.lm.init_cache(sampler.params, batch, micro.SIZE)
-    copy = jax.jit(lambda k, v: (jnp.copy(k), jnp.copy(v)))
-    return micro._median_time(copy, cache.k, cache.v, repeats=repeats)
-
-
 def interpolate(values: dict[int, float], gamma_max: int) -> list[float]:
     """Values at every W in 0..gamma_max, linear between the measured widths."""
     import numpy as np
@@ -117,14 +103,12 @@ def calibrate(target: str, drafter: str, *, gamma_max: int | None = None, batche
     bar = tqdm(batches, desc=f"calibrate {drafter}", unit="batch", disable=not progress)
     for b in bar:
         rounds = round_times(sampler, batch=b, widths=widths, repeats=repeats)
-        copy_s = cache_copy_time(sampler, batch=b, repeats=repeats)
         steps = micro.StepTimer(sampler.lm, sampler.params, batch=b).measure([w for w in widths if w], repeats=repeats)
         t0, t1 = rounds[0], steps["target_step_s"]
         c = {w: (rounds[w] - steps["verify_s"][w]) / (w * t1) for w in widths if w}
         entry["batches"][str(b)] = {
             "round": interpolate({w: t / t0 for w, t in rounds.items()}, G),
             "round_ms": {str(w): t * 1000 for w, t in rounds.items()},
-            "switch": 2 * copy_s / t0,
             "target_step_ms": t1 * 1000,
             "v": {str(w): x for w, x in steps["v"].items()},
             "c": {str(w): x for w, x in c.items()},
@@ -142,12 +126,11 @@ def calibrate(target: str, drafter: str, *, gamma_max: int | None = None, batche
 def table(entry: dict) -> str:
     widths = [w for w in entry["widths"] if w]
     head = "| batch | step ms | " + " | ".join(f"round({w})" for w in widths) + " | " + \
-        " | ".join(f"v({w})" for w in widths) + " | " + " | ".join(f"c({w})" for w in widths) + " | switch |"
-    lines = [head, "|" + "---|" * (3 + 3 * len(widths))]
+        " | ".join(f"v({w})" for w in widths) + " | " + " | ".join(f"c({w})" for w in widths) + " |"
+    lines = [head, "|" + "---|" * (2 + 3 * len(widths))]
     for b, r in sorted(entry["batches"].items(), key=lambda kv: int(kv[0])):
         cells = [b, f"{r['target_step_ms']:.1f}"] + [f"{r['round'][w]:.2f}" for w in widths]
         cells += [f"{r['v'][str(w)]:.2f}" for w in widths] + [f"{r['c'][str(w)]:.3f}" for w in widths]
-        cells.append(f"{r['switch']:.3f}" if "switch" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\nround(W): one round of width W / one plain step (what gamma='auto' weighs); "
                  f"plain decoding from batch {entry['fallback_batch']}" if entry["fallback_batch"] else
