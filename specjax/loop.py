@@ -208,6 +208,9 @@ class Decoder:
         if self.policy is not None:
             return adaptive_run(self, params, draft_params, state)
 
+        if self.drafter is not None and self.drafter.may_abstain:
+            return abstain_run(self, params, draft_params, state)
+
         def body(state: SpecState) -> SpecState:
             if self.drafter is None:
                 return ar_step(self, params, state)
@@ -313,15 +316,16 @@ def draft(dec: Decoder, params, draft_params, state: SpecState, keys_b) -> tuple
     return dec.drafter.propose(draft_params, params, state, keys_b, dec.gamma, state.sampling, dec.vocab_size)
 
 
-def verify(dec: Decoder, params, state: SpecState, proposal: Proposal, *, may_skip: bool = True
-           ) -> tuple[Verified, KVCache]:
+def verify(dec: Decoder, params, state: SpecState, proposal: Proposal, *, may_skip: bool = True,
+           skip: bool = False) -> tuple[Verified, KVCache]:
     """Step 2: one target pass over [newest committed token, G proposals] -> (Verified, cache).
 
     Absent proposals (-1) are fed as token 0: causality keeps them from affecting any logits that
     the acceptance rule reads. When the drafter may abstain and no row proposed anything, a plain
     one-token step replaces the (G+1)-token pass (its outputs padded to G+1 positions); may_skip=False
     leaves that `lax.cond` out (adaptive rounds: the policy already verifies width 0 when no row has a
-    proposal, and a conditional over the cache costs a copy of it)."""
+    proposal, and a conditional over the cache costs a copy of it); skip=True takes the one-token step
+    without asking (`abstain_run` has decided it outside)."""
     draft_bg = proposal.tokens
     G = draft_bg.shape[1]
     tokens_bg1 = jnp.concatenate([newest_tokens(state)[:, None], jnp.maximum(draft_bg, 0)], axis=1)
@@ -339,7 +343,9 @@ def verify(dec: Decoder, params, state: SpecState, proposal: Proposal, *, may_sk
         pad_g = ((0, 0), (0, G), (0, 0))
         return jnp.pad(logits_b1v, pad_g), cache, jnp.pad(taps_nb1d, ((0, 0),) + pad_g)
 
-    if may_skip and dec.drafter is not None and dec.drafter.may_abstain and G > 0:
+    if skip:
+        logits_bgv, cache, taps_nbgd = single(None)
+    elif may_skip and dec.drafter is not None and dec.drafter.may_abstain and G > 0:
         logits_bgv, cache, taps_nbgd = jax.lax.cond(jnp.any((draft_bg[:, 0] >= 0) & ~state.done), full, single, None)
     else:
         logits_bgv, cache, taps_nbgd = full(None)
@@ -401,6 +407,37 @@ def spec_round(dec: Decoder, params, draft_params, state: SpecState) -> SpecStat
     verified, cache = verify(dec, params, state, proposal)
     verdict = accept(dec, k_accept_b, state, proposal, verified)
     return commit_round(dec, params, draft_params, state, verified, verdict, cache)
+
+
+def abstain_run(dec: Decoder, params, draft_params, state: SpecState) -> SpecState:
+    """The decode loop of a drafter that may abstain (prompt lookup) at a fixed G: the rounds of
+    `spec_round`, each drafted first; a round in which no row proposed anything is one plain step
+    instead of a (G+1)-token pass. Run as a chain of two while loops (plain steps while nobody
+    proposes, full rounds while somebody does), not as a `lax.cond` per round, which made XLA copy the
+    KV cache twice every round (see `adaptive_run`)."""
+
+    def prepare(state):
+        keys_b, k_draft_b, k_accept_b = sampling.split_keys(state.keys, 3)
+        proposal, state = draft(dec, params, draft_params, state.replace(keys=keys_b), k_draft_b)
+        full = jnp.any((proposal.tokens[:, 0] >= 0) & ~state.done)
+        return state, (proposal, k_accept_b, full)
+
+    def rounds(full: bool):
+        def body(carry):
+            state, (proposal, k_accept_b, _) = carry
+            verified, cache = verify(dec, params, state, proposal, may_skip=False, skip=not full)
+            verdict = accept(dec, k_accept_b, state, proposal, verified)
+            return prepare(commit_round(dec, params, draft_params, state, verified, verdict, cache))
+
+        def chosen(carry):
+            return (carry[1][2] == full) & not_finished(carry[0])
+
+        return lambda carry: jax.lax.while_loop(chosen, body, carry)
+
+    plain, speculative = rounds(False), rounds(True)
+    state, _ = jax.lax.while_loop(lambda carry: not_finished(carry[0]), lambda carry: speculative(plain(carry)),
+                                  prepare(state))
+    return state
 
 
 @struct.dataclass

@@ -306,3 +306,29 @@ def test_decoder_settings_are_checked():
         loop.Decoder(gamma=3, **common)
     with pytest.raises(ConfigError, match="verify must be one of batched, stepwise, got 'serial'"):
         loop.Decoder(verify="serial", **common)
+
+
+@pytest.mark.parametrize("verify", ["batched", "stepwise"])
+def test_prompt_lookups_chain_of_loops_runs_the_same_rounds_as_one_cond_per_round(target, verify):
+    """`abstain_run` (plain steps while no row proposes, full rounds while one does, as two while loops)
+    emits exactly what a loop of `spec_round`s (a `lax.cond` per round) emits, on sampled batches:
+    one where some row nearly always proposes, one of rows that rarely find a match."""
+    lm, params = LM.split(target.module)
+    resolved = registry.resolve("ngram:2", target)
+    for prompts in (PROMPTS, [[42], [7, 8, 9]]):
+        prompt_bp, lengths_b, active_b = sampler.pad_batch(prompts)
+        dec = loop.Decoder(lm=lm, size=prompt_bp.shape[1] + 30 + 6, drafter=resolved.drafter, gamma=4, verify=verify)
+        batch = loop.Batch.make(prompt_bp, lengths_b, active=active_b, max_new_tokens=30, key=jax.random.key(5),
+                                sampling=SamplingConfig(temperature=1.0))
+
+        def per_round(params, dparams, batch, dec=dec):
+            state = dec.start(params, dparams, batch)
+            return jax.lax.while_loop(loop.not_finished, lambda s: loop.spec_round(dec, params, dparams, s), state)
+
+        a = loop.generate(dec, params, resolved.params, batch)
+        b = jax.jit(per_round)(params, resolved.params, batch)
+        for x, y in zip(jax.tree.leaves((a.tokens, a.lengths, a.stats)), jax.tree.leaves((b.tokens, b.lengths, b.stats))):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        n = len(prompts)
+        drafted, rounds = np.asarray(a.stats.drafted)[:n].sum(), np.asarray(a.stats.rounds)[:n].sum()
+        assert 0 < drafted < 4 * rounds, (drafted, rounds)
