@@ -77,8 +77,10 @@ def widths_for(gamma_max: int) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Costs:
-    """Round costs for one batch size, in plain target steps: `round[W]` for W in 0..G_max (round[0]
-    = 1, a plain step) = (drafting W proposals + the (W+1)-token verify pass) / one-token step."""
+    """Round costs for one batch size, in plain decoding steps: `round[W]` for W in 0..G_max = (drafting W
+    proposals + the (W+1)-token verify pass + what the drafter does every round, e.g. an EAGLE head's
+    observe) / one step of plain decoding. round[0] (a plain step inside the speculative program) is 1
+    for drafters that add nothing to it, more for those that do."""
 
     round: tuple[float, ...]
     source: str = "default"
@@ -356,8 +358,3 @@ def parse_gamma(value, *, name: str = "gamma") -> int | str:
     if isinstance(value, str):
         raise ConfigError(f"{name} must be an integer >= 1 or 'auto', got {value!r}")
     return validate.integer(name, value, low=1)
-
-
-def round_costs_from_times(step_s: float, verify_s: Sequence[float], draft_s: Sequence[float]) -> list[float]:
-    """round[W] = (draft_s[W] + verify_s[W]) / step_s for W >= 1, round[0] = 1 (lists indexed by W)."""
-    return [1.0] + [(draft_s[w] + verify_s[w]) / step_s for w in range(1, len(verify_s))]

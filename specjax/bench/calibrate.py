@@ -7,13 +7,14 @@ For every batch size B and every width W the auto policy compiles (0, 1, 2, 4, .
 cache of 512 slots with 256 committed tokens per row (`specjax.bench.measure`):
 
   round(W)   the loop's own adaptive round fixed at width W (draft W proposals, verify W + 1 positions,
-             the rule, commit, the drafter's observe), `rounds_per_call(B)` of them in one `lax.fori_loop`;
-             round(0) is the plain step every cost is divided by
+             the rule, commit, the drafter's observe), `rounds_per_call(B)` of them in one `lax.fori_loop`,
+             divided by a step of plain decoding (`loop.ar_step`, the same number in one loop): round(0)
+             is above 1 for a drafter that works in every round (an EAGLE head observes every token)
   v(W)       the target's (W+1)-token forward / its 1-token forward (`measure.StepTimer`)
   c(W)       (round(W) - the (W+1)-token forward) / (W x the 1-token forward): what drafting, the rule
              and the bookkeeping add per proposal
 
-The costs the policy reads are round(W) / round(0) (widths between the compiled ones interpolated).
+The costs the policy reads are round(W) (widths between the compiled ones interpolated).
 They are stored under (backend, device kind, target, drafter) in the calibration file
 ($SPECJAX_CACHE/calibration.json), with the smallest batch size at which no window pays even at
 acceptance 0.9 (from there on, gamma="auto" decodes plainly). Greedy rounds are timed: sampled
@@ -33,8 +34,9 @@ def rounds_per_call(batch: int) -> int:
     return max(1, ROUNDS_PER_CALL // max(1, batch // 4))
 
 
-def round_times(sampler, *, batch: int, widths, repeats: int = 5) -> dict[int, float]:
-    """Seconds per adaptive round at each fixed width (0 = the plain step), batch rows mid-decode."""
+def round_times(sampler, *, batch: int, widths, repeats: int = 5) -> dict:
+    """Seconds per adaptive round at each fixed width (0: a plain step of the speculative program), and
+    per step of plain decoding ("plain"), batch rows mid-decode."""
     import jax
     import numpy as np
 
@@ -65,6 +67,14 @@ def round_times(sampler, *, batch: int, widths, repeats: int = 5) -> dict[int, f
             return jax.lax.fori_loop(0, n, lambda i, s: loop.adaptive_round(dec, params, dparams, s), state)
 
         out[w] = micro._median_time(rounds, params, dparams, state, repeats=repeats) / n
+    plain = loop.Decoder(lm=sampler.lm, size=micro.SIZE, vocab_size=sampler.vocab_limit)
+    plain_state = jax.jit(plain.start)(params, None, batch_in)
+
+    @jax.jit
+    def steps(params, state):
+        return jax.lax.fori_loop(0, n, lambda i, s: loop.ar_step(plain, params, s), state)
+
+    out["plain"] = micro._median_time(steps, params, plain_state, repeats=repeats) / n
     return out
 
 
@@ -104,11 +114,12 @@ def calibrate(target: str, drafter: str, *, gamma_max: int | None = None, batche
     for b in bar:
         rounds = round_times(sampler, batch=b, widths=widths, repeats=repeats)
         steps = micro.StepTimer(sampler.lm, sampler.params, batch=b).measure([w for w in widths if w], repeats=repeats)
-        t0, t1 = rounds[0], steps["target_step_s"]
+        t0, t1 = rounds.pop("plain"), steps["target_step_s"]
         c = {w: (rounds[w] - steps["verify_s"][w]) / (w * t1) for w in widths if w}
         entry["batches"][str(b)] = {
             "round": interpolate({w: t / t0 for w, t in rounds.items()}, G),
             "round_ms": {str(w): t * 1000 for w, t in rounds.items()},
+            "plain_step_ms": t0 * 1000,
             "target_step_ms": t1 * 1000,
             "v": {str(w): x for w, x in steps["v"].items()},
             "c": {str(w): x for w, x in c.items()},
@@ -125,16 +136,16 @@ def calibrate(target: str, drafter: str, *, gamma_max: int | None = None, batche
 
 def table(entry: dict) -> str:
     widths = [w for w in entry["widths"] if w]
-    head = "| batch | step ms | " + " | ".join(f"round({w})" for w in widths) + " | " + \
+    head = "| batch | step ms | " + " | ".join(f"round({w})" for w in entry["widths"]) + " | " + \
         " | ".join(f"v({w})" for w in widths) + " | " + " | ".join(f"c({w})" for w in widths) + " |"
-    lines = [head, "|" + "---|" * (2 + 3 * len(widths))]
+    lines = [head, "|" + "---|" * (2 + len(entry["widths"]) + 2 * len(widths))]
     for b, r in sorted(entry["batches"].items(), key=lambda kv: int(kv[0])):
-        cells = [b, f"{r['target_step_ms']:.1f}"] + [f"{r['round'][w]:.2f}" for w in widths]
+        cells = [b, f"{r['target_step_ms']:.1f}"] + [f"{r['round'][w]:.2f}" for w in entry["widths"]]
         cells += [f"{r['v'][str(w)]:.2f}" for w in widths] + [f"{r['c'][str(w)]:.3f}" for w in widths]
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append(f"\nround(W): one round of width W / one plain step (what gamma='auto' weighs); "
+    lines.append(f"\nround(W): one round of width W / one step of plain decoding (what gamma='auto' weighs); "
                  f"plain decoding from batch {entry['fallback_batch']}" if entry["fallback_batch"] else
-                 "\nround(W): one round of width W / one plain step; no batch size measured loses at every window")
+                 "\nround(W): one round of width W / one step of plain decoding; no batch size measured loses at every window")
     return "\n".join(lines)
 
 
