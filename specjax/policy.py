@@ -23,10 +23,10 @@ of cost instead sped up rows that finish early anyway, while every round a low-a
 could not use slowed that row, and with it the call: 0.87-0.94x of plain decoding at batch 4.)
 
 Estimates (`Adapt`, part of the loop state): per row and draft position, counts of proposals
-reached and accepted, decayed by `decay` every round (so a row that changes character, e.g. from
-copying its prompt to free text, is followed). A position's estimate is shrunk towards its row's
-pooled rate, and the pooled rate towards `prior`, by pseudo-counts; as the counts of a row that
-stopped drafting decay, its estimate returns to the prior and the row is probed again.
+reached and accepted, decayed by `decay` in every round in which the row had a proposal (so a row
+that changes character, e.g. from copying its prompt to free text, is followed). A position's estimate is shrunk towards its row's
+pooled rate, and the pooled rate towards `prior`, by pseudo-counts; a row whose estimates say that
+speculation does not pay is re-tested by probe rounds (`probe_every`).
 
 Exactness does not depend on any of this: the window of a round is fixed from the past before the
 round draws anything, and speculative decoding is exact for every window, so each row still follows
@@ -217,11 +217,15 @@ class Policy:
 
     def update(self, adapt: Adapt, accepted_b: jax.Array, proposed_bg: jax.Array, active_b: jax.Array,
                width: jax.Array) -> Adapt:
-        """Fold one round in: proposal j was reached if it existed and 0..j-1 were accepted."""
+        """Fold one round in: proposal j was reached if it existed and 0..j-1 were accepted. Only a row
+        with a proposal in this round forgets (its counts decay): a plain step is no evidence, and
+        forgetting during plain steps brought every row back to the prior, and into speculation it had
+        just been found not to pay for, within a few rounds (probe rounds re-test it instead)."""
         j_g = jnp.arange(proposed_bg.shape[1])
         reached = (j_g <= accepted_b[:, None]) & proposed_bg & active_b[:, None]
         accepted = (j_g < accepted_b[:, None]) & active_b[:, None]
-        return Adapt(reached=self.decay * adapt.reached + reached, accepted=self.decay * adapt.accepted + accepted,
+        decay_b1 = jnp.where(jnp.any(reached, axis=1, keepdims=True), self.decay, 1.0)
+        return Adapt(reached=decay_b1 * adapt.reached + reached, accepted=decay_b1 * adapt.accepted + accepted,
                      width=adapt.width + jnp.where(active_b, width, 0),
                      plain=adapt.plain + (active_b & (width == 0)))
 

@@ -150,8 +150,12 @@ def test_update_counts_reached_and_accepted_proposals_with_decay():
     adapt = P.Adapt.zeros(3, 3).replace(reached=jnp.ones((3, 3)), accepted=jnp.ones((3, 3)))
     proposed = jnp.array([[True, True, False], [True, True, True], [True, True, True]])
     new = pol.update(adapt, jnp.array([1, 3, 2]), proposed, jnp.array([True, True, False]), jnp.int32(2))
-    np.testing.assert_allclose(np.asarray(new.reached), [[1.5, 1.5, 0.5], [1.5, 1.5, 1.5], [0.5, 0.5, 0.5]])
-    np.testing.assert_allclose(np.asarray(new.accepted), [[1.5, 0.5, 0.5], [1.5, 1.5, 1.5], [0.5, 0.5, 0.5]])
+    np.testing.assert_allclose(np.asarray(new.reached), [[1.5, 1.5, 0.5], [1.5, 1.5, 1.5], [1.0, 1.0, 1.0]])
+    np.testing.assert_allclose(np.asarray(new.accepted), [[1.5, 0.5, 0.5], [1.5, 1.5, 1.5], [1.0, 1.0, 1.0]])
+    # a row without a proposal in the round (a plain step, or prompt lookup without a match) keeps its counts
+    none = pol.update(adapt, jnp.zeros(3, jnp.int32), jnp.array([[False] * 3, [True] * 3, [False] * 3]),
+                      jnp.array([True] * 3), jnp.int32(2))
+    np.testing.assert_allclose(np.asarray(none.reached), [[1.0] * 3, [1.5, 0.5, 0.5], [1.0] * 3])
     assert np.asarray(new.width).tolist() == [2, 2, 0]
     assert np.asarray(pol.update(adapt, jnp.zeros(3, jnp.int32), proposed, jnp.array([True] * 3),
                                  jnp.int32(0)).plain).tolist() == [1, 1, 1]
