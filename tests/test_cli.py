@@ -240,9 +240,10 @@ def test_calibrate_then_advise_on_a_tiny_model(hf_dir, tmp_path, capsys, monkeyp
     (key, entry), = policy.load_calibration(cal).items()
     assert key.endswith("|ngram:2:1") and set(entry["batches"]) == {"1", "2"} and entry["widths"] == [0, 1]
     for row in entry["batches"].values():
-        # round(0): a width-0 round of prompt lookup against a plain decoding step: about 1 (tiny, noisy)
-        assert 0.3 < row["round"][0] < 3.0 and len(row["round"]) == 2 and all(x > 0 for x in row["round"])
-        assert row["plain_step_ms"] > 0
+        # every round is divided by a step of plain decoding (tiny-model times are noise: no bound on them)
+        assert len(row["round"]) == 2 and all(x > 0 for x in row["round"]) and row["plain_step_ms"] > 0
+        for w in ("0", "1"):
+            assert row["round"][int(w)] == pytest.approx(row["round_ms"][w] / row["plain_step_ms"])
         assert set(row["v"]) == set(row["c"]) == {"1"}
     from specjax.bench import calibrate as calibrate_module
 
