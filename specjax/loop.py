@@ -422,22 +422,16 @@ def abstain_run(dec: Decoder, params, draft_params, state: SpecState) -> SpecSta
         full = jnp.any((proposal.tokens[:, 0] >= 0) & ~state.done)
         return state, (proposal, k_accept_b, full)
 
-    def rounds(full: bool):
+    def round_of(full: bool):
         def body(carry):
             state, (proposal, k_accept_b, _) = carry
             verified, cache = verify(dec, params, state, proposal, may_skip=False, skip=not full)
             verdict = accept(dec, k_accept_b, state, proposal, verified)
             return prepare(commit_round(dec, params, draft_params, state, verified, verdict, cache))
 
-        def chosen(carry):
-            return (carry[1][2] == full) & not_finished(carry[0])
+        return body
 
-        return lambda carry: jax.lax.while_loop(chosen, body, carry)
-
-    plain, speculative = rounds(False), rounds(True)
-    state, _ = jax.lax.while_loop(lambda carry: not_finished(carry[0]), lambda carry: speculative(plain(carry)),
-                                  prepare(state))
-    return state
+    return _chain(prepare(state), [round_of(False), round_of(True)], lambda carry: carry[1][2].astype(jnp.int32))
 
 
 @struct.dataclass
@@ -522,28 +516,36 @@ def adaptive_run(dec: Decoder, params, draft_params, state: SpecState) -> SpecSt
     after it: two copies of the whole cache every round, 12% of a batch-4 SmolLM2 step and growing
     with batch and cache size. A while loop updates its carry in place, so a chain of loops costs no
     copy at all, whatever the policy chooses."""
-    widths = dec.policy.widths
 
-    def width_loop(i: int, W: int):
+    def round_of(W: int):
         def body(carry):
             state, pending = carry
-            state = round_at_width(dec, params, draft_params, state, pending, W)
-            return prepare_round(dec, params, draft_params, state)
+            return prepare_round(dec, params, draft_params, round_at_width(dec, params, draft_params, state, pending, W))
 
+        return body
+
+    return _chain(prepare_round(dec, params, draft_params, state), [round_of(W) for W in dec.policy.widths],
+                  lambda carry: carry[1].index)
+
+
+def _chain(first, bodies, index_of) -> SpecState:
+    """Loops instead of a conditional per round: the outer `lax.while_loop` (until every row is done)
+    runs a chain of inner loops, loop i running `bodies[i]` while `index_of(carry) == i`. first and
+    every body's result: (SpecState, what the next round has fixed, its index among them)."""
+
+    def loop(i: int, body):
         def chosen(carry):
-            state, pending = carry
-            return (pending.index == i) & not_finished(state)
+            return (index_of(carry) == i) & not_finished(carry[0])
 
         return lambda carry: jax.lax.while_loop(chosen, body, carry)
 
-    loops = [width_loop(i, W) for i, W in enumerate(widths)]
+    loops = [loop(i, body) for i, body in enumerate(bodies)]
 
     def chain(carry):
         for run in loops:
             carry = run(carry)
         return carry
 
-    first = prepare_round(dec, params, draft_params, state)
     state, _ = jax.lax.while_loop(lambda carry: not_finished(carry[0]), chain, first)
     return state
 
