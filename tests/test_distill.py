@@ -4,6 +4,7 @@ export then load gives the same logits)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -132,6 +133,33 @@ def test_a_tiny_recipe_trains_resumes_exactly_and_exports(recipe_setup):
     h = jnp.asarray(np.random.default_rng(0).normal(size=(1, 3, loaded.config.dim)), jnp.float32)
     np.testing.assert_allclose(np.asarray(loaded.logits(h)), np.asarray(whole["draft"].logits(h)), rtol=1e-6)
     assert np.array_equal(np.asarray(loaded.target_ids.value), np.asarray(whole["draft"].target_ids.value))
+
+    # on the clock (train_minutes): ends by time, not steps, with the learning rate decayed to its floor;
+    # interrupted and resumed, the budget continues (the first part's seconds are counted)
+    timed = dataclasses.replace(recipe, steps=10**6, train_minutes=0.15, warmup=1, log_every=1, checkpoint_every=4,
+                                eval_every=10**6, heldout_prompts=())
+    (base / "timed").mkdir()
+    (base / "timed" / "data").symlink_to(base / "whole" / "data")
+    first = run(timed, base / "timed", progress=False, target=target, stop_after=4)
+    assert first["step"] == 4 and "export" not in first
+    rest = run(timed, base / "timed", progress=False, target=target)
+    assert 4 < rest["step"] < timed.steps and rest["export"]
+    assert rest["train_seconds_total"] >= 60 * timed.train_minutes > rest["train_seconds_total"] - rest["train_seconds"] > 0
+    lrs = [r["lr"] for r in map(json.loads, (base / "timed" / "log.jsonl").read_text().splitlines())
+           if r["event"] == "train"]
+    assert max(lrs) > 0.5 * recipe.lr and lrs[-1] < 0.25 * recipe.lr, lrs
+
+
+def test_time_budgeted_learning_rate_warms_up_then_decays_with_the_clock():
+    from specjax.distill.train import Recipe, lr_at
+
+    r = Recipe(name="r", target="t", lr=1e-3, warmup=4, train_minutes=1)
+    assert [round(lr_at(r, s, 0.0) / r.lr, 6) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    rates = [lr_at(r, 100, f) for f in np.linspace(0, 1, 11)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[-1] == pytest.approx(0.05 * r.lr) and lr_at(r, 100, 2.0) == rates[-1]
+    with pytest.raises(Exception, match="train_minutes must be a number >= 0"):
+        Recipe(name="r", target="t", train_minutes=-1)
 
 
 def test_recipe_settings_are_checked(tmp_path):

@@ -187,8 +187,10 @@ def _bucket(n: int, step: int = 64) -> int:
 
 
 def extract(target, sequences: list[tuple[list[int], list[int]]], directory, *, taps: tuple[int, ...], top_k: int = 64,
-            batch: int = 4, name: str = "", progress: bool = True) -> Path:
-    """Run the target over every sequence (prompt + response) and write the memory-mapped data set."""
+            batch: int = 4, bucket: int = 64, name: str = "", progress: bool = True) -> Path:
+    """Run the target over every sequence (prompt + response) and write the memory-mapped data set.
+    `batch` sequences of similar length per pass, padded to a multiple of `bucket` tokens (each
+    padded length is one compiled program: a coarser bucket compiles fewer)."""
     from specjax.lm import LM
 
     directory = Path(directory)
@@ -215,7 +217,7 @@ def extract(target, sequences: list[tuple[list[int], list[int]]], directory, *, 
     bar = _progress(len(sequences), "target features", progress)
     for start in range(0, len(order), batch):
         rows = order[start:start + batch]
-        T = _bucket(max(lengths[r] for r in rows))
+        T = _bucket(max(lengths[r] for r in rows), bucket)
         toks = np.zeros((batch, T), np.int32)
         pos = np.full((batch, T), -1, np.int32)
         for j, r in enumerate(rows):

@@ -13,7 +13,10 @@ Steps, each skipped when its output already exists under DIR (so an interrupted 
                head's top-1 agreement, tokens/s and ETA; orbax checkpoints every `checkpoint_every`
                steps (resume continues exactly: batch s is drawn from (seed, s) alone); every
                `eval_every` steps the held-out loss and, by real speculative decoding on the held-out
-               prompts, the acceptance rate and tokens per round at G = `eval_gamma`
+               prompts, the acceptance rate and tokens per round at G = `eval_gamma`.
+               With `train_minutes` > 0 training ends on the clock instead (at most `steps` steps),
+               the learning rate decaying over the elapsed share of the budget (`lr_at`): one
+               recipe then fits a time slot on any hardware (a lent GPU, this CPU)
   4. export    the head in the community EAGLE-3 layout (`DIR/head`), loadable with `eagle:DIR/head`
 
 Everything is written under DIR (default `distill/<recipe name>`): data/, vocab.json, checkpoints/,
@@ -75,6 +78,9 @@ class Recipe:
     decay: float = 0.8
     loss_on_prompt: bool = False  # the loss also counts prompt positions (the target's distribution is defined there)
     init_from_target: bool = True  # the head's LM head and final norm start as the target's (see warm_start)
+    train_minutes: float = 0.0  # > 0: training ends after this much wall-clock time (see lr_at)
+    extract_batch: int = 4  # sequences per target pass when the features are extracted
+    extract_bucket: int = 64  # ... padded to a multiple of this many tokens (one compiled program each)
     seed: int = 0
     log_every: int = 10
     eval_every: int = 250
@@ -85,7 +91,8 @@ class Recipe:
 
     def __post_init__(self):
         for name in ("samples", "max_new_tokens", "gen_batch", "top_k", "steps", "batch", "length", "ttt_steps",
-                     "log_every", "checkpoint_every", "eval_prompts", "eval_max_new_tokens", "eval_gamma"):
+                     "log_every", "checkpoint_every", "eval_prompts", "eval_max_new_tokens", "eval_gamma",
+                     "extract_batch", "extract_bucket"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"distill recipe {self.name!r}: {name} must be an integer >= 1, got {value!r}")
@@ -105,6 +112,10 @@ class Recipe:
         if self.export_dtype not in ("float32", "float16", "bfloat16"):
             raise ConfigError(f"distill recipe {self.name!r}: export_dtype must be float32, float16 or bfloat16, "
                               f"got {self.export_dtype!r}")
+        if isinstance(self.train_minutes, bool) or not isinstance(self.train_minutes, (int, float)) \
+                or not self.train_minutes >= 0:
+            raise ConfigError(f"distill recipe {self.name!r}: train_minutes must be a number >= 0 (0: train for "
+                              f"`steps`), got {self.train_minutes!r}")
         if not 0.0 <= self.heldout_share < 1.0:
             raise ConfigError(f"distill recipe {self.name!r}: heldout_share must lie in [0, 1), got {self.heldout_share}")
         temps = self.temperatures
@@ -195,7 +206,8 @@ def prepare_data(recipe: Recipe, target, out: Path, taps, progress: bool = True)
                                         seed=recipe.seed, max_new_tokens=recipe.max_new_tokens,
                                         batch=recipe.gen_batch, progress=progress)
     generated = time.perf_counter()
-    data.extract(target, sequences, directory, taps=taps, top_k=recipe.top_k, name=recipe.target, progress=progress)
+    data.extract(target, sequences, directory, taps=taps, top_k=recipe.top_k, batch=recipe.extract_batch,
+                 bucket=recipe.extract_bucket, name=recipe.target, progress=progress)
     _log(out / "log.jsonl", {"event": "data", "sequences": len(sequences), "self_prompts": len(written),
                              "self_prompts_s": prompted - started,
                              "tokens": sum(len(p) + len(r) for p, r in sequences),
@@ -244,9 +256,22 @@ def warm_start(head, target_module) -> None:
         head.final_norm.scale.value = target_module.final_norm.scale.value.astype(head.final_norm.scale.value.dtype)
 
 
+def lr_at(recipe: Recipe, step: int, fraction: float) -> float:
+    """The learning rate of a time-budgeted run (`train_minutes` > 0): linear warm-up over the first
+    `warmup` steps, then cosine decay from `lr` to 5% of it over the elapsed share `fraction` of the
+    time budget, so the run ends decayed whatever the hardware's speed."""
+    warm = min(1.0, (step + 1) / max(recipe.warmup, 1))
+    fraction = min(max(fraction, 0.0), 1.0)
+    return float(recipe.lr * warm * (0.05 + 0.95 * 0.5 * (1.0 + np.cos(np.pi * fraction))))
+
+
 def make_optimizer(recipe: Recipe):
     import optax
 
+    if recipe.train_minutes:  # the learning rate is an input of each step (see lr_at), set from the clock
+        return optax.chain(optax.clip_by_global_norm(recipe.clip),
+                           optax.inject_hyperparams(optax.adamw)(learning_rate=recipe.lr,
+                                                                 weight_decay=recipe.weight_decay))
     schedule = optax.warmup_cosine_decay_schedule(0.0, recipe.lr, max(recipe.warmup, 1), max(recipe.steps, recipe.warmup + 2),
                                                   end_value=recipe.lr * 0.05)
     return optax.chain(optax.clip_by_global_norm(recipe.clip),
@@ -334,10 +359,21 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
 
     manager = ocp.CheckpointManager(out / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2))
     step = 0
+    budget = 60.0 * recipe.train_minutes  # seconds of training (0: none; train for `steps`)
+    spent = 0.0  # training seconds before this call (a resumed time-budgeted run continues its budget)
+
+    def state():
+        tree = {"params": params, "opt_state": opt_state}
+        if budget:
+            tree["spent"] = np.asarray(spent + time.perf_counter() - started, np.float64)
+        return tree
+
     if manager.latest_step() is not None:
         step = manager.latest_step()
-        restored = manager.restore(step, args=ocp.args.StandardRestore({"params": params, "opt_state": opt_state}))
+        started = time.perf_counter()
+        restored = manager.restore(step, args=ocp.args.StandardRestore(state()))
         params, opt_state = restored["params"], restored["opt_state"]
+        spent = float(restored["spent"]) if budget else 0.0
 
     heldout = load_prompts(recipe.heldout_prompts)[:recipe.eval_prompts] if recipe.heldout_prompts else []
 
@@ -365,12 +401,20 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=recipe.steps, initial=step, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=None if budget else recipe.steps, initial=step, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
     started, tokens_seen, done_here = time.perf_counter(), 0, 0
     log = out / "log.jsonl"
-    while step < recipe.steps and (stop_after is None or done_here < stop_after):
+    def out_of_time() -> bool:
+        return bool(budget) and spent + time.perf_counter() - started >= budget
+
+    while step < recipe.steps and not out_of_time() and (stop_after is None or done_here < stop_after):
         batch = train_set.batch(np.random.default_rng([recipe.seed, step]), recipe.batch, recipe.length,
                                 features=features)
+        if budget:  # the learning rate follows the clock (lr_at), fed to the step as an input
+            lr = lr_at(recipe, step, (spent + time.perf_counter() - started) / budget)
+            hyper = opt_state[1].hyperparams
+            opt_state = (opt_state[0], opt_state[1]._replace(
+                hyperparams={**hyper, "learning_rate": jnp.asarray(lr, jnp.asarray(hyper["learning_rate"]).dtype)}))
         params, opt_state, loss, metrics = train_step(params, opt_state, batch, aux)
         step += 1
         done_here += 1
@@ -380,10 +424,15 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
             rate = tokens_seen / (time.perf_counter() - started)
             m = {k: float(v) for k, v in metrics.items()}
             bar.set_postfix(loss=f"{float(loss):.3f}", acc0=f"{m['acc0']:.2f}", tok_s=f"{rate:.0f}")
-            _log(log, {"event": "train", "step": step, "loss": float(loss), "tokens_per_s": rate, **m})
-        if step % recipe.checkpoint_every == 0 or step == recipe.steps:
-            manager.save(step, args=ocp.args.StandardSave({"params": params, "opt_state": opt_state}))
-        if recipe.eval_every and (step % recipe.eval_every == 0 or step == recipe.steps):
+            record = {"event": "train", "step": step, "loss": float(loss), "tokens_per_s": rate, **m}
+            if budget:  # read back from the optimizer's state: the rate the step was given
+                record["lr"] = float(opt_state[1].hyperparams["learning_rate"])
+                record["elapsed_s"] = spent + time.perf_counter() - started
+            _log(log, record)
+        finished = step == recipe.steps or out_of_time()
+        if step % recipe.checkpoint_every == 0 or finished:
+            manager.save(step, args=ocp.args.StandardSave(state()))
+        if recipe.eval_every and (step % recipe.eval_every == 0 or finished):
             record = evaluate(params)
             _log(log, record)
             bar.write(json.dumps(record))
@@ -391,7 +440,9 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
     manager.wait_until_finished()
     trained = as_draft(params)
     summary = {"kind": recipe.kind, "step": step, "out": str(out), "train_seconds": time.perf_counter() - started}
-    if step >= recipe.steps:
+    if budget:
+        summary["train_seconds_total"] = spent + time.perf_counter() - started
+    if step >= recipe.steps or out_of_time():
         summary["export"] = str(export(params))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return {**summary, "draft": trained}
