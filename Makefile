@@ -40,7 +40,7 @@ demo: $(DEMO_STAMP)
 	$(BIN)/specjax demo --target smollm2-135m-instruct --drafter ngram:3 --gamma 8 --max-new-tokens 128
 
 test: $(STAMP)
-	$(PYTEST) -m "not slow" tests
+	$(PYTEST) -m "not slow" --durations=15 tests
 
 test-fast: $(STAMP)
 	$(PYTEST) -m "not real and not slow" tests
