@@ -126,28 +126,30 @@ def test_plotted_data(tmp_path):
 @pytest.mark.slow  # make test-all; kept out of make test for its 12-minute budget
 def test_transformers_peers(hf_dir, tmp_path):
     """transformers greedy, prompt lookup and assistant model against specjax on the same token ids;
-    the assistant is the same truncated copy specjax drafts with."""
+    the assistant is the same truncated copy specjax drafts with, or the same HF directory (a
+    draft model as `specjax distill` exports it; here the target's own directory)."""
     import torch
 
     from specjax.bench import peers
     from specjax.models import load, truncate
 
     n = 4
-    cfg = _config(tmp_path, target=str(hf_dir), drafters=["ngram:2", "model:truncate:2"], max_new_tokens=n,
-                  prompts_per_suite=2, repeats=1, peers={"transformers": True, "gamma": 2})
+    cfg = _config(tmp_path, target=str(hf_dir), drafters=["ngram:2", "model:truncate:2", f"model:{hf_dir}"],
+                  max_new_tokens=n, prompts_per_suite=2, repeats=1, peers={"transformers": True, "gamma": 2})
     target = load(hf_dir, progress=False)
     suites = {"chat": (load_suite("chat", 2)[0], False)}
     rows = _peers(cfg, Samplers(target, cfg.dtype), suites)
 
     assert [r["peer"] for r in rows] == [
         "transformers greedy", "transformers prompt lookup (G=2)", "transformers assistant model:truncate:2 (G=2)",
-        "specjax autoregressive", "specjax ngram:2 (G=2)", "specjax model:truncate:2 (G=2)"]
+        f"transformers assistant model:{hf_dir} (G=2)",
+        "specjax autoregressive", "specjax ngram:2 (G=2)", "specjax model:truncate:2 (G=2)", f"specjax model:{hf_dir} (G=2)"]
     assert all(r["tokens"] == 2 * n and r["tokens_per_s"] > 0 for r in rows)  # the same work on both sides
     theirs = {r["kind"] for r in rows if r["peer"].startswith("transformers")}
     assert {r["kind"] for r in rows if r["peer"].startswith("specjax")} == theirs
     table = report.markdown({"config": dict(cfg.__dict__), "machine": {"machine": "x", "cpus": 1, "jax_backend": "cpu"},
                              "points": [], "peers": rows}, tmp_path)
-    assert sum(line.endswith("x |") for line in table.splitlines() if "| specjax" in line) == 3
+    assert sum(line.endswith("x |") for line in table.splitlines() if "| specjax" in line) == 4
 
     hf = peers.load_hf(hf_dir)
     small = peers.truncated_copy(hf, 2)

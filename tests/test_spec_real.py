@@ -81,7 +81,7 @@ def test_smollm2_greedy_with_the_shipped_eagle_head_equals_autoregressive(smollm
     sp = api.generate(smollm2, PROMPTS, draft=head, gamma=4, max_new_tokens=64, eos_ids=())
     print(f"\neagle (shipped head): acceptance rate {sp.stats['acceptance_rate']:.3f}")
     assert_equal_or_near_tie(smollm2.module, sp.prompt_tokens, smollm2_ar.tokens, sp.tokens, 64)
-    assert sp.stats["acceptance_rate"] > 0.12  # trained (0.20 here); a random head of its shape: ~0
+    assert sp.stats["acceptance_rate"] > 0.22  # the GPU-trained head: 0.26 here (the CPU-trained one: 0.20); random: ~0
 
 
 @pytest.mark.slow  # make test-all: a random head is rejected far more often (other paths of the rule)

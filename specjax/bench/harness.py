@@ -11,7 +11,8 @@ A config (see configs/bench/*.yaml) names:
   chat_template          false to send prompts as raw text (base models)
   cost_ratios            measure c, v and the predicted speedup for every point (default true)
   peers                  {transformers: true, gamma: G, repeats: N}: transformers greedy generate and its
-                         assisted generation (prompt lookup; assistant model for model:truncate:K drafters)
+                         assisted generation (prompt lookup; assistant model for model:truncate:K drafters
+                         and for model:DIR drafters that are HF directories, e.g. a distilled draft)
   batch_sweep            {drafter, gamma, batches: [...], suite, max_new_tokens, repeats}
   auto_sweep             {drafters: [...], suites: [...], batches: [...], gammas: [...] (or {drafter: [...]}),
                          prompts, max_new_tokens, repeats}: per suite, drafter and batch size, plain decoding, gamma="auto" and (at
@@ -293,6 +294,10 @@ def _peers(cfg: BenchConfig, samplers: Samplers, suites: dict) -> list[dict]:
     specs = [registry.parse(d) for d in cfg.drafters]
     lookup = [s for s in specs if s.kind == "ngram"][:1]
     assistants = {s.text: peers.truncated_copy(hf, k) for s in specs if (k := truncated_layers(s)) is not None}
+    # a draft model exported as an HF directory (`specjax distill`, kind draft_model): transformers loads it
+    assistants.update({s.text: peers.load_hf(s.name, cfg.dtype) for s in specs
+                       if s.kind == "model" and truncated_layers(s) is None and s.name
+                       and (Path(s.name) / "config.json").is_file()})
     entries = [("transformers greedy", "autoregressive", {}),
                (f"transformers prompt lookup (G={gamma})", "ngram", {"prompt_lookup_num_tokens": gamma})]
     entries += [(f"transformers assistant {text} (G={gamma})", text,
