@@ -241,3 +241,18 @@ def test_first_divergence_finds_where_two_outputs_part():
     assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
     assert first_divergence([4], [5]) == 0
     assert first_divergence([1, 2], [1, 2, 7]) == 2  # one stopped where the other went on
+
+
+def test_every_shipped_bench_config_and_distill_recipe_parses():
+    """configs/bench/*.yaml and configs/distill/*.yaml: each is read by the same code the CLI uses
+    (unknown keys, bad values and a missing target are ConfigErrors)."""
+    from pathlib import Path
+
+    from specjax.distill.train import Recipe
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    bench, recipes = sorted((root / "bench").glob("*.yaml")), sorted((root / "distill").glob("*.yaml"))
+    assert len(bench) >= 10 and len(recipes) >= 3
+    assert [BenchConfig.from_yaml(p).name for p in bench] == [p.stem for p in bench]
+    for p in recipes:
+        Recipe.from_yaml(p)
