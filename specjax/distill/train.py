@@ -361,16 +361,20 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
     step = 0
     budget = 60.0 * recipe.train_minutes  # seconds of training (0: none; train for `steps`)
     spent = 0.0  # training seconds before this call (a resumed time-budgeted run continues its budget)
+    started = time.perf_counter()  # reset when the training loop starts
+
+    def elapsed() -> float:
+        """Training seconds of the whole run so far (earlier calls included)."""
+        return spent + time.perf_counter() - started
 
     def state():
         tree = {"params": params, "opt_state": opt_state}
         if budget:
-            tree["spent"] = np.asarray(spent + time.perf_counter() - started, np.float64)
+            tree["spent"] = np.asarray(elapsed(), np.float64)
         return tree
 
     if manager.latest_step() is not None:
         step = manager.latest_step()
-        started = time.perf_counter()
         restored = manager.restore(step, args=ocp.args.StandardRestore(state()))
         params, opt_state = restored["params"], restored["opt_state"]
         spent = float(restored["spent"]) if budget else 0.0
@@ -404,14 +408,15 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
     bar = tqdm(total=None if budget else recipe.steps, initial=step, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
     started, tokens_seen, done_here = time.perf_counter(), 0, 0
     log = out / "log.jsonl"
+
     def out_of_time() -> bool:
-        return bool(budget) and spent + time.perf_counter() - started >= budget
+        return bool(budget) and elapsed() >= budget
 
     while step < recipe.steps and not out_of_time() and (stop_after is None or done_here < stop_after):
         batch = train_set.batch(np.random.default_rng([recipe.seed, step]), recipe.batch, recipe.length,
                                 features=features)
         if budget:  # the learning rate follows the clock (lr_at), fed to the step as an input
-            lr = lr_at(recipe, step, (spent + time.perf_counter() - started) / budget)
+            lr = lr_at(recipe, step, elapsed() / budget)
             hyper = opt_state[1].hyperparams
             opt_state = (opt_state[0], opt_state[1]._replace(
                 hyperparams={**hyper, "learning_rate": jnp.asarray(lr, jnp.asarray(hyper["learning_rate"]).dtype)}))
@@ -427,7 +432,7 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
             record = {"event": "train", "step": step, "loss": float(loss), "tokens_per_s": rate, **m}
             if budget:  # read back from the optimizer's state: the rate the step was given
                 record["lr"] = float(opt_state[1].hyperparams["learning_rate"])
-                record["elapsed_s"] = spent + time.perf_counter() - started
+                record["elapsed_s"] = elapsed()
             _log(log, record)
         finished = step == recipe.steps or out_of_time()
         if step % recipe.checkpoint_every == 0 or finished:
@@ -441,7 +446,7 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
     trained = as_draft(params)
     summary = {"kind": recipe.kind, "step": step, "out": str(out), "train_seconds": time.perf_counter() - started}
     if budget:
-        summary["train_seconds_total"] = spent + time.perf_counter() - started
+        summary["train_seconds_total"] = elapsed()
     if step >= recipe.steps or out_of_time():
         summary["export"] = str(export(params))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
