@@ -150,6 +150,49 @@ def test_a_tiny_recipe_trains_resumes_exactly_and_exports(recipe_setup):
     assert max(lrs) > 0.5 * recipe.lr and lrs[-1] < 0.25 * recipe.lr, lrs
 
 
+def test_device_resident_data_trains_the_same_head_and_a_run_can_start_from_a_trained_head(recipe_setup):
+    from specjax.distill.data import Dataset, DeviceData
+    from specjax.distill.train import run
+
+    recipe, target, base = recipe_setup
+    short = dataclasses.replace(recipe, steps=6, warmup=1, eval_every=10**6, checkpoint_every=10**6,
+                                heldout_prompts=(), length=16)  # some sequences are longer: windows are cut
+    host = run(short, base / "host", progress=False, target=target)
+    data = base / "host" / "data"
+
+    # the device gather equals the host gather, window for window (padding and cut windows included)
+    full = Dataset(data)
+    assert max(np.diff(full.offsets)) > short.length > min(np.diff(full.offsets))
+    windows = full.windows(np.random.default_rng(3), 8, short.length)
+    for feats in (True, False):
+        want = full.gather(windows, features=feats)
+        got = DeviceData(full, features=feats).gather(windows)
+        assert sorted(got) == sorted(want)
+        for key in want:
+            np.testing.assert_array_equal(np.asarray(got[key]), want[key], err_msg=key)
+
+    # so training from device-resident data gives the very same head
+    (base / "dev").mkdir()
+    (base / "dev" / "data").symlink_to(data)
+    dev = run(dataclasses.replace(short, device_data=True), base / "dev", progress=False, target=target)
+    assert any(json.loads(line)["event"] == "device_data" for line in (base / "dev" / "log.jsonl").read_text().splitlines())
+    for a, b in zip(jax.tree.leaves(host["draft"]), jax.tree.leaves(dev["draft"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    # init_head: the run starts from the exported head's weights and keeps its draft vocabulary
+    (base / "cont").mkdir()
+    (base / "cont" / "data").symlink_to(data)
+    cont = dataclasses.replace(short, init_head=host["export"], draft_vocab=7)
+    start = run(cont, base / "cont", progress=False, target=target, stop_after=0)["draft"]
+    loaded = load_eagle(host["export"])
+    for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(loaded)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    kept = json.loads((base / "cont" / "vocab.json").read_text())
+    assert kept["target_ids"] == np.asarray(loaded.target_ids.value).tolist() and kept["size"] == recipe.draft_vocab
+    with pytest.raises(Exception, match="init_head starts an EAGLE-3 head"):
+        dataclasses.replace(short, kind="draft_model", init_head=host["export"])
+
+
 def test_time_budgeted_learning_rate_warms_up_then_decays_with_the_clock():
     from specjax.distill.train import Recipe, lr_at
 

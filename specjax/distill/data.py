@@ -27,6 +27,7 @@ directory, `.npy` files opened memory-mapped, so data sets larger than RAM work:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -269,31 +270,92 @@ class Dataset:
         for r in self.rows:
             yield self.sequence(r)[self.prompt_lengths[r]:]
 
-    def batch(self, rng: np.random.Generator, size: int, length: int, *, features: bool = True) -> dict:
-        """`size` random sequences cut to `length` tokens (a random window of longer ones), right-padded
-        -> numpy arrays for `ttt_loss` (without taps / top-k when `features` is False: a draft model's
-        training reads tokens only)."""
-        n_taps, k = len(self.taps), self.topk_ids.shape[1]
-        width = self.features.shape[1]
-        out = {"tokens": np.zeros((size, length), np.int32),
-               "taps": np.zeros((n_taps, size, length, width // n_taps), np.float32),
-               "topk_ids": np.zeros((size, length, k), np.int32),
-               "topk_logits": np.full((size, length, k), -1e30, np.float32),
-               "prompt_lengths": np.zeros((size,), np.int32), "lengths": np.zeros((size,), np.int32)}
-        if not features:
-            for key in ("taps", "topk_ids", "topk_logits"):
-                del out[key]
+    def windows(self, rng: np.random.Generator, size: int, length: int) -> "Windows":
+        """`size` random sequences, each cut to a random window of `length` tokens when longer: where
+        each window starts in the flat arrays, its length, and how many prompt tokens it holds."""
+        lo = np.zeros((size,), np.int64)
+        lengths = np.zeros((size,), np.int32)
+        prompts = np.zeros((size,), np.int32)
         for j, r in enumerate(rng.choice(self.rows, size)):
             a, b, p = self.offsets[r], self.offsets[r + 1], self.prompt_lengths[r]
             n = b - a
             start = 0 if n <= length else int(rng.integers(0, n - length + 1))
-            lo, hi = a + start, min(b, a + start + length)
-            m = hi - lo
+            lo[j], lengths[j], prompts[j] = a + start, min(n - start, length), max(p - start, 0)
+        return Windows(lo, lengths, prompts, length)
+
+    def batch(self, rng: np.random.Generator, size: int, length: int, *, features: bool = True) -> dict:
+        """`size` random sequences cut to `length` tokens (a random window of longer ones), right-padded
+        -> numpy arrays for `ttt_loss` (without taps / top-k when `features` is False: a draft model's
+        training reads tokens only)."""
+        return self.gather(self.windows(rng, size, length), features=features)
+
+    def gather(self, w: "Windows", *, features: bool = True) -> dict:
+        """The batch of windows `w` as numpy arrays (see `batch`)."""
+        n_taps, k = len(self.taps), self.topk_ids.shape[1]
+        width = self.features.shape[1]
+        size, length = len(w.lo), w.length
+        out = {"tokens": np.zeros((size, length), np.int32),
+               "taps": np.zeros((n_taps, size, length, width // n_taps), np.float32),
+               "topk_ids": np.zeros((size, length, k), np.int32),
+               "topk_logits": np.full((size, length, k), -1e30, np.float32),
+               "prompt_lengths": w.prompt_lengths.copy(), "lengths": w.lengths.copy()}
+        if not features:
+            for key in ("taps", "topk_ids", "topk_logits"):
+                del out[key]
+        for j in range(size):
+            lo, m = int(w.lo[j]), int(w.lengths[j])
+            hi = lo + m
             out["tokens"][j, :m] = self.tokens[lo:hi]
             if features:
                 out["taps"][:, j, :m] = np.asarray(self.features[lo:hi], np.float32).reshape(m, n_taps, -1).transpose(1, 0, 2)
                 out["topk_ids"][j, :m] = self.topk_ids[lo:hi]
                 out["topk_logits"][j, :m] = self.topk_logits[lo:hi]
-            out["prompt_lengths"][j] = max(p - start, 0)
-            out["lengths"][j] = m
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+    """Where a batch's sequences lie in a data set's flat arrays (`Dataset.windows`)."""
+    lo: np.ndarray  # [B] int64: first token of each window
+    lengths: np.ndarray  # [B] int32: tokens in each window (<= length)
+    prompt_lengths: np.ndarray  # [B] int32: prompt tokens at the window's start
+    length: int  # the padded length
+
+
+class DeviceData:
+    """A data set's arrays held in accelerator memory, batches gathered there: the host only draws
+    where the windows start (`Dataset.windows`), so training is not bound by building float32
+    batches on the host and copying them over (on a GPU that limited the step rate). The batches
+    equal `Dataset.gather`'s. Memory: the data set's size (features are float16) on the device."""
+
+    def __init__(self, dataset: Dataset, *, features: bool = True):
+        self.n_taps, self.features = len(dataset.taps), features
+        self.arrays = {"tokens": jnp.asarray(np.asarray(dataset.tokens))}
+        if features:
+            self.arrays.update(features=jnp.asarray(np.asarray(dataset.features)),
+                               topk_ids=jnp.asarray(np.asarray(dataset.topk_ids)),
+                               topk_logits=jnp.asarray(np.asarray(dataset.topk_logits)))
+        self._gather = jax.jit(functools.partial(_device_gather, n_taps=self.n_taps), static_argnames=("length",))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+    def gather(self, w: Windows) -> dict:
+        out = self._gather(self.arrays, jnp.asarray(w.lo, jnp.int32), jnp.asarray(w.lengths), length=w.length)
+        out["prompt_lengths"], out["lengths"] = jnp.asarray(w.prompt_lengths), jnp.asarray(w.lengths)
+        return out
+
+
+def _device_gather(arrays: dict, lo_b, lengths_b, *, length: int, n_taps: int) -> dict:
+    t = jnp.arange(length)
+    valid_bt = t[None, :] < lengths_b[:, None]
+    idx_bt = jnp.where(valid_bt, lo_b[:, None] + t[None, :], 0)
+    out = {"tokens": jnp.where(valid_bt, arrays["tokens"][idx_bt], 0)}
+    if "features" in arrays:
+        f_btw = jnp.where(valid_bt[..., None], arrays["features"][idx_bt].astype(jnp.float32), 0.0)
+        B, T, W = f_btw.shape
+        out["taps"] = f_btw.reshape(B, T, n_taps, W // n_taps).transpose(2, 0, 1, 3)
+        out["topk_ids"] = jnp.where(valid_bt[..., None], arrays["topk_ids"][idx_bt], 0)
+        out["topk_logits"] = jnp.where(valid_bt[..., None], arrays["topk_logits"][idx_bt].astype(jnp.float32), -1e30)
+    return out

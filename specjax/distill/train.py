@@ -78,6 +78,8 @@ class Recipe:
     decay: float = 0.8
     loss_on_prompt: bool = False  # the loss also counts prompt positions (the target's distribution is defined there)
     init_from_target: bool = True  # the head's LM head and final norm start as the target's (see warm_start)
+    init_head: str = ""  # eagle3: start from this trained head (a name or directory); its draft vocabulary is kept
+    device_data: bool = False  # hold the training data in accelerator memory, batches gathered there (DeviceData)
     train_minutes: float = 0.0  # > 0: training ends after this much wall-clock time (see lr_at)
     extract_batch: int = 4  # sequences per target pass when the features are extracted
     extract_bucket: int = 64  # ... padded to a multiple of this many tokens (one compiled program each)
@@ -116,6 +118,11 @@ class Recipe:
                 or not self.train_minutes >= 0:
             raise ConfigError(f"distill recipe {self.name!r}: train_minutes must be a number >= 0 (0: train for "
                               f"`steps`), got {self.train_minutes!r}")
+        if not isinstance(self.device_data, bool) or not isinstance(self.init_head, str):
+            raise ConfigError(f"distill recipe {self.name!r}: device_data must be true or false and init_head a head's "
+                              f"name or directory (got {self.device_data!r}, {self.init_head!r})")
+        if self.init_head and self.kind != "eagle3":
+            raise ConfigError(f"distill recipe {self.name!r}: init_head starts an EAGLE-3 head; kind is {self.kind!r}")
         if not 0.0 <= self.heldout_share < 1.0:
             raise ConfigError(f"distill recipe {self.name!r}: heldout_share must lie in [0, 1), got {self.heldout_share}")
         temps = self.temperatures
@@ -223,15 +230,22 @@ def split_rows(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]
     return np.sort(order[k:]), np.sort(order[:k])
 
 
-def build_vocab(recipe: Recipe, train_set, heldout_set, vocab_size: int, eos_ids, out: Path) -> np.ndarray:
+def build_vocab(recipe: Recipe, train_set, heldout_set, vocab_size: int, eos_ids, out: Path,
+                fixed: np.ndarray | None = None) -> np.ndarray:
+    """The draft vocabulary (the most frequent training tokens; `fixed`: given, e.g. by the head the
+    run starts from) and its coverage report in `vocab.json`."""
     from specjax.distill import vocab
 
     path = out / "vocab.json"
     if path.exists():
         return np.asarray(json.loads(path.read_text())["target_ids"], np.int64)
     counts = vocab.count_tokens(train_set.response_tokens(), vocab_size)
-    size = min(recipe.draft_vocab or vocab_size, vocab_size)
-    target_ids = vocab.most_frequent(counts, size, always=eos_ids)
+    if fixed is None:
+        size = min(recipe.draft_vocab or vocab_size, vocab_size)
+        target_ids = vocab.most_frequent(counts, size, always=eos_ids)
+    else:
+        target_ids = np.asarray(fixed, np.int64)
+        size = len(target_ids)
     held = vocab.count_tokens(heldout_set.response_tokens(), vocab_size)
     report = {"target_ids": target_ids.tolist(), "size": int(size),
               "coverage_train": vocab.coverage(counts, target_ids), "coverage_heldout": vocab.coverage(held, target_ids),
@@ -286,9 +300,9 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
     from flax import nnx
 
     from specjax import api
-    from specjax.distill.data import Dataset, load_prompts
+    from specjax.distill.data import Dataset, DeviceData, load_prompts
     from specjax.distill.eagle import ttt_loss
-    from specjax.models import head_config_for, load, random_head, save_eagle
+    from specjax.models import head_config_for, load, load_eagle, random_head, save_eagle
 
     out = Path(out or Path("distill") / recipe.name).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -303,11 +317,21 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
     train_set, held_set = Dataset(data_dir, train_rows), Dataset(data_dir, held_rows)
     if recipe.kind == "eagle3":
         eos = tuple(target.tokenizer.eos_ids) if getattr(target, "tokenizer", None) is not None else ()
-        target_ids = build_vocab(recipe, train_set, held_set, tcfg.vocab_size, eos, out)
-        head = random_head(head_config_for(tcfg, draft_vocab_size=len(target_ids), taps=taps), seed=recipe.seed,
-                           target_ids=target_ids, dtype=recipe.dtype)
-        if recipe.init_from_target:
-            warm_start(head, target.module)
+        if recipe.init_head:  # continue training a head: its weights and its draft vocabulary
+            head = load_eagle(recipe.init_head, dtype=recipe.dtype)
+            hc = head.config
+            if (hc.dim, hc.vocab_size, tuple(hc.taps_for(tcfg.num_layers))) != (tcfg.dim, tcfg.vocab_size, tuple(taps)):
+                raise ConfigError(f"distill recipe {recipe.name!r}: init_head {recipe.init_head!r} (width {hc.dim}, "
+                                  f"vocabulary {hc.vocab_size}, taps {hc.taps_for(tcfg.num_layers)}) does not fit "
+                                  f"{recipe.target} (width {tcfg.dim}, vocabulary {tcfg.vocab_size}, taps {taps})")
+            target_ids = build_vocab(recipe, train_set, held_set, tcfg.vocab_size, eos, out,
+                                     fixed=np.asarray(head.target_ids.value))
+        else:
+            target_ids = build_vocab(recipe, train_set, held_set, tcfg.vocab_size, eos, out)
+            head = random_head(head_config_for(tcfg, draft_vocab_size=len(target_ids), taps=taps), seed=recipe.seed,
+                               target_ids=target_ids, dtype=recipe.dtype)
+            if recipe.init_from_target:
+                warm_start(head, target.module)
         graphdef, params, rest = nnx.split(head, nnx.Param, ...)
         draft_index = np.full((tcfg.vocab_size,), -1, np.int32)
         draft_index[target_ids] = np.arange(len(target_ids))
@@ -405,6 +429,9 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
 
     from tqdm.auto import tqdm
 
+    device = DeviceData(train_set, features=features) if recipe.device_data else None
+    if device is not None:
+        _log(out / "log.jsonl", {"event": "device_data", "bytes": device.nbytes})
     bar = tqdm(total=None if budget else recipe.steps, initial=step, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
     started, tokens_seen, done_here = time.perf_counter(), 0, 0
     log = out / "log.jsonl"
@@ -413,8 +440,8 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
         return bool(budget) and elapsed() >= budget
 
     while step < recipe.steps and not out_of_time() and (stop_after is None or done_here < stop_after):
-        batch = train_set.batch(np.random.default_rng([recipe.seed, step]), recipe.batch, recipe.length,
-                                features=features)
+        windows = train_set.windows(np.random.default_rng([recipe.seed, step]), recipe.batch, recipe.length)
+        batch = device.gather(windows) if device is not None else train_set.gather(windows, features=features)
         if budget:  # the learning rate follows the clock (lr_at), fed to the step as an input
             lr = lr_at(recipe, step, elapsed() / budget)
             hyper = opt_state[1].hyperparams
@@ -423,7 +450,7 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
         params, opt_state, loss, metrics = train_step(params, opt_state, batch, aux)
         step += 1
         done_here += 1
-        tokens_seen += int(batch["lengths"].sum())
+        tokens_seen += int(windows.lengths.sum())
         bar.update(1)
         if step % recipe.log_every == 0 or step == recipe.steps:
             rate = tokens_seen / (time.perf_counter() - started)
