@@ -157,16 +157,25 @@ class Norm(nnx.Module):
         return self.scale.value * y.astype(dtype)
 
 
+def _sixteen_bit(*arrays) -> bool:
+    return any(jnp.dtype(a.dtype).itemsize == 2 for a in arrays)
+
+
 def _project(eq: str, x, w, out_dtype=None):
     """`jnp.einsum(eq, x, w)` of activations x [B,T,...] (B*T rows) with a weight w,
     accumulated in float32 and returned in `out_dtype` (x's dtype by default).
 
-    A single row is computed as two (the second all zeros, then dropped). XLA:CPU multiplies one row
-    with a matrix-vector kernel that is ~10x slower than its two-row kernel in bfloat16 and rounds
-    differently from the multi-row kernel of a (G+1)-token verify pass; from two rows on (up to at
-    least 32 here) each row's result does not depend on how many rows there are, so a one-token
-    decode step and a verify pass compute the same numbers (`tests/test_lm.py` checks it)."""
-    if x.shape[0] * x.shape[1] == 1:
+    With 16-bit weights a single row is computed as two (the second all zeros, then dropped): XLA:CPU
+    multiplies one bfloat16 row with a matrix-vector kernel that is ~10x slower than its two-row
+    kernel and rounds differently from the multi-row kernel of a (G+1)-token verify pass; from two
+    rows on (up to at least 32 here) each row's result does not depend on how many rows there are, so
+    a one-token decode step and a verify pass compute the same numbers. float32 weights keep the
+    one-row kernel: it streams the weights at the memory bandwidth, and two rows cost SmolLM2's plain
+    decoding ~20% of its speed on the 2-core CPU (BENCHMARKS.md, "Plain decoding"); a one-token pass
+    then rounds like a verify pass only up to float32 rounding, so greedy speculative output equals
+    plain greedy output except after a proven near-tie (`tests/test_spec_real.py`), and bit for bit
+    with `verify="stepwise"`."""
+    if x.shape[0] * x.shape[1] == 1 and _sixteen_bit(x, w):
         return _project(eq, jnp.concatenate([x, jnp.zeros_like(x)], axis=0), w, out_dtype)[:1]
     return jnp.einsum(eq, x, w, preferred_element_type=jnp.float32).astype(out_dtype or x.dtype)
 
@@ -268,7 +277,7 @@ def _rope_tables(rope: RopeConfig, head_dim: int, positions_bt):
 def _attention(q_btnh, k_bskh, v_bskh, mask_bts, cfg: TransformerConfig):
     B, T, N, H = q_btnh.shape
     K = k_bskh.shape[2]
-    if T * (N // K) == 1:  # one query row per kv head: computed as two, as in `_project`
+    if T * (N // K) == 1 and _sixteen_bit(q_btnh, k_bskh):  # one query row per kv head: two, as in `_project`
         pad = ((0, 0), (0, 1))
         out_b2nh = _attention(jnp.pad(q_btnh, pad + ((0, 0), (0, 0))), k_bskh, v_bskh, jnp.pad(mask_bts, pad + ((0, 0),)),
                               cfg)
