@@ -16,7 +16,9 @@ Steps, each skipped when its output already exists under DIR (so an interrupted 
                prompts, the acceptance rate and tokens per round at G = `eval_gamma`.
                With `train_minutes` > 0 training ends on the clock instead (at most `steps` steps),
                the learning rate decaying over the elapsed share of the budget (`lr_at`): one
-               recipe then fits a time slot on any hardware (a lent GPU, this CPU)
+               recipe then fits a time slot on any hardware (a lent GPU, this CPU).
+               `init_head` continues from a trained head (its draft vocabulary kept); `device_data`
+               holds the data in accelerator memory and gathers batches there (`data.DeviceData`)
   4. export    the head in the community EAGLE-3 layout (`DIR/head`), loadable with `eagle:DIR/head`
 
 Everything is written under DIR (default `distill/<recipe name>`): data/, vocab.json, checkpoints/,
