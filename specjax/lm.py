@@ -40,6 +40,10 @@ from flax import nnx
 from specjax.cache import KVCache
 
 
+# Prompts longer than this go through prefill in chunks of this many tokens (`LM.prefill_at`).
+PREFILL_CHUNK = 256
+
+
 @dataclasses.dataclass(frozen=True)
 class LM:
     """The static half of a model (hashable: a jit static argument); params travel separately."""
@@ -70,6 +74,42 @@ class LM:
         hidden_btd, cache, taps_nbtd = module.hidden(tokens_bt, positions_bt, cache, layers=layers, taps=taps)
         picked_b1d = jnp.take_along_axis(hidden_btd, index_b[:, None, None], axis=1)
         return module.logits(picked_b1d)[:, 0], cache, taps_nbtd
+
+    def prefill_at(self, params, tokens_bt, positions_bt, cache: KVCache, index_b, *, chunk: int = 0,
+                   taps: tuple[int, ...] = (), layers=None):
+        """`forward_at` over a prompt in chunks of `chunk` tokens (0, or a prompt no longer than one
+        chunk: one pass): a `lax.scan` whose every step writes its chunk to the cache and attends to
+        what is already there (the cache is addressed by position, so a chunk sees exactly the slots
+        an unchunked pass would). Peak activation memory and the attention scores are bounded by the
+        chunk ([B, heads, chunk, S] instead of [B, heads, T, S]); the step is one compiled body
+        whatever the prompt's length. -> (logits [B,V] at `index_b`, cache, taps [n,B,T,D])."""
+        B, T = tokens_bt.shape
+        if not chunk or T <= chunk:
+            return self.forward_at(params, tokens_bt, positions_bt, cache, index_b, taps=taps, layers=layers)
+        n = -(-T // chunk)
+        pad = n * chunk - T
+        tokens_bt = jnp.pad(tokens_bt, ((0, 0), (0, pad)))
+        positions_bt = jnp.pad(positions_bt, ((0, 0), (0, pad)), constant_values=-1)  # padding writes nothing
+        tokens_cbk = tokens_bt.reshape(B, n, chunk).transpose(1, 0, 2)
+        positions_cbk = positions_bt.reshape(B, n, chunk).transpose(1, 0, 2)
+        module = self.module(params)
+        shapes = jax.eval_shape(lambda: module.hidden(tokens_cbk[0], positions_cbk[0], cache, layers=layers, taps=taps))
+        hidden = shapes[0]
+
+        def step(carry, xs):
+            cache, picked_bd = carry
+            tok_bk, pos_bk, c = xs
+            hidden_bkd, cache, taps_nbkd = self.module(params).hidden(tok_bk, pos_bk, cache, layers=layers, taps=taps)
+            local_b = index_b - c * chunk
+            here_b = (local_b >= 0) & (local_b < chunk)
+            h_bd = jnp.take_along_axis(hidden_bkd, jnp.clip(local_b, 0, chunk - 1)[:, None, None], axis=1)[:, 0]
+            return (cache, jnp.where(here_b[:, None], h_bd, picked_bd)), taps_nbkd
+
+        init = (cache, jnp.zeros((B, hidden.shape[-1]), hidden.dtype))
+        (cache, picked_bd), taps_cnbkd = jax.lax.scan(step, init, (tokens_cbk, positions_cbk, jnp.arange(n)))
+        n_taps = taps_cnbkd.shape[1]
+        taps_nbtd = taps_cnbkd.transpose(1, 2, 0, 3, 4).reshape(n_taps, B, n * chunk, taps_cnbkd.shape[-1])[:, :, :T]
+        return module.logits(picked_bd[:, None])[:, 0], cache, taps_nbtd
 
     def init_cache(self, params, batch: int, size: int, *, layers: int | None = None) -> KVCache:
         return self.module(params).init_cache(batch, size, layers=layers)

@@ -33,7 +33,7 @@ from specjax.cache import KVCache
 from specjax.config import GREEDY, SamplingConfig
 from specjax.drafters.base import Observation, TargetPrefill
 from specjax.errors import ConfigError
-from specjax.lm import LM
+from specjax.lm import LM, PREFILL_CHUNK
 from specjax.policy import Adapt
 from specjax.rejection import Proposal, Verdict
 from specjax.sampling import RowSampling, row_keys
@@ -164,8 +164,11 @@ class Decoder:
     rule: Callable = rejection.accept
     verify: str = "batched"
     policy: Any = None
+    prefill_chunk: int = PREFILL_CHUNK
 
     def __post_init__(self):
+        if not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 0:
+            raise ConfigError(f"prefill_chunk must be an integer >= 0 (0: one pass), got {self.prefill_chunk!r}")
         if self.verify not in VERIFY_MODES:
             raise ConfigError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {self.verify!r}")
         if self.drafter is None:
@@ -290,7 +293,8 @@ def start(dec: Decoder, params, draft_params, batch: Batch) -> SpecState:
     )
     positions_bp = prompt_positions(state.prompt_lengths, batch.active, P)
     last_b = jnp.maximum(state.prompt_lengths - 1, 0)
-    logits_bv, cache, taps_nbpd = lm.forward_at(params, prompt_bp, positions_bp, state.cache, last_b, taps=dec.taps)
+    logits_bv, cache, taps_nbpd = lm.prefill_at(params, prompt_bp, positions_bp, state.cache, last_b, taps=dec.taps,
+                                                chunk=dec.prefill_chunk)
     first_b = sampling.sample(first_keys_b, logits_bv, state.sampling, dec.vocab_size)
     state = state.replace(cache=cache)
     state, _ = commit(state, first_b[:, None], jnp.ones_like(first_b), dec.headroom)

@@ -100,3 +100,35 @@ def test_bfloat16_params_give_float32_logits_that_are_not_rounded_to_bfloat16(ti
     assert logits.dtype == jnp.float32
     on_grid = logits == logits.astype(jnp.bfloat16).astype(jnp.float32)
     assert not bool(jnp.all(on_grid)), "the logits were computed in bfloat16 and only then cast"
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral-gqa-window", "gemma3", "gpt2", "qwen3"])
+def test_chunked_prefill_equals_one_pass(family):
+    """`prefill_at` in chunks == one `forward_at` pass: the logits at each row's last prompt token,
+    the cache and the taps, for prompts that are and are not multiples of the chunk (rows of
+    different lengths, padding by position), including sliding-window layers (windows 5 and 4,
+    shorter than the chunk of 8, so chunks attend across their boundary)."""
+    from conftest import TINY_VOCAB, make_tiny_hf
+
+    from specjax.models import load
+
+    lm, params = LM.split(load(make_tiny_hf(family), progress=False).module)
+    L = lm.config.num_layers
+    rng = np.random.default_rng(5)
+    for T, lengths in ((24, [24, 17]), (21, [21, 9]), (8, [8, 3])):
+        tokens = jnp.asarray(rng.integers(0, TINY_VOCAB, size=(2, T)))
+        positions = jnp.asarray([[t if t < n else -1 for t in range(T)] for n in lengths])
+        last = jnp.asarray([n - 1 for n in lengths])
+        taps = (0, 1, L)
+        one = lm.forward_at(params, tokens, positions, lm.init_cache(params, 2, 40), last, taps=taps)
+        chunked = lm.prefill_at(params, tokens, positions, lm.init_cache(params, 2, 40), last, chunk=8, taps=taps)
+        np.testing.assert_allclose(np.asarray(chunked[0]), np.asarray(one[0]), rtol=1e-5, atol=1e-5,
+                                   err_msg=f"logits T={T}")
+        for a, b in zip(jax.tree.leaves(chunked[1]), jax.tree.leaves(one[1])):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5, err_msg=f"cache T={T}")
+        bare = lm.prefill_at(params, tokens, positions, lm.init_cache(params, 2, 40), last, chunk=8)  # no taps
+        np.testing.assert_allclose(np.asarray(bare[0]), np.asarray(one[0]), rtol=1e-5, atol=1e-5)
+        assert bare[2].shape == (0, 2, T, lm.config.dim)
+        for r, n in enumerate(lengths):  # taps at padding are unspecified
+            np.testing.assert_allclose(np.asarray(chunked[2])[:, r, :n], np.asarray(one[2])[:, r, :n], rtol=1e-5,
+                                       atol=1e-5, err_msg=f"taps T={T}")

@@ -13,7 +13,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from specjax.drafters.base import Stateless, last_two, rollout
-from specjax.lm import LM
+from specjax.lm import LM, PREFILL_CHUNK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +34,9 @@ class ModelDrafter(Stateless):
         return self.lm.init_cache(self._params(draft_params, target_params), batch, size, layers=layers)
 
     def prefill(self, draft_params, target_params, cache, prefill):
-        module = self.lm.module(self._params(draft_params, target_params))
-        _, cache, _ = module.hidden(prefill.tokens, prefill.positions, cache, layers=self.layers)
+        last_b = jnp.zeros((prefill.tokens.shape[0],), jnp.int32)  # one row of logits, unused
+        _, cache, _ = self.lm.prefill_at(self._params(draft_params, target_params), prefill.tokens, prefill.positions,
+                                         cache, last_b, chunk=PREFILL_CHUNK, layers=self.layers)
         return cache
 
     def propose(self, draft_params, target_params, state, keys, gamma, sampling, vocab_size):
