@@ -75,19 +75,16 @@ def smollm2_head(smollm2, ar_tokens, draft_vocab=16):
     return random_head(cfg, seed=0, target_ids=ids, scale=5.0)
 
 
-def test_smollm2_greedy_with_the_shipped_eagle_head_equals_autoregressive(smollm2, smollm2_ar):
-    """The built-in trained head (models/heads/smollm2-135m-instruct-eagle3), loaded by name."""
+def test_smollm2_greedy_with_the_shipped_eagle_head_equals_autoregressive(smollm2):
+    """The built-in trained head (models/heads/smollm2-135m-instruct-eagle3), loaded by name, in its
+    domain: the instruct model's chat turns (the prompts as user messages), what it was trained on.
+    The head of the second GPU slot: a = 0.495 here (the first slot's 0.503; a random head 0.057). On
+    the same prompts as raw text it reaches 0.218 (the first slot's 0.260; BENCHMARKS.md); the CLI
+    test below checks a raw-text prompt."""
     head = load_eagle("smollm2-135m-instruct-eagle3")
-    sp = api.generate(smollm2, PROMPTS, draft=head, gamma=4, max_new_tokens=64, eos_ids=())
-    print(f"\neagle (shipped head): acceptance rate {sp.stats['acceptance_rate']:.3f}")
-    assert_equal_or_near_tie(smollm2.module, sp.prompt_tokens, smollm2_ar.tokens, sp.tokens, 64)
-    assert sp.stats["acceptance_rate"] > 0.0
-    # in its domain (the instruct model's chat turns, what it was trained on): the same prompts as user
-    # messages. The head of the second GPU slot: a = 0.495 here (the first slot's 0.503; a random head
-    # ~0). As raw text above it reaches 0.22 (the first slot's: 0.26).
     ar = api.generate(smollm2, PROMPTS, max_new_tokens=64, eos_ids=(), chat=True)
     sp = api.generate(smollm2, PROMPTS, draft=head, gamma=4, max_new_tokens=64, eos_ids=(), chat=True)
-    print(f"eagle (shipped head), chat turns: acceptance rate {sp.stats['acceptance_rate']:.3f}")
+    print(f"\neagle (shipped head), chat turns: acceptance rate {sp.stats['acceptance_rate']:.3f}")
     assert_equal_or_near_tie(smollm2.module, sp.prompt_tokens, ar.tokens, sp.tokens, 64)
     assert sp.stats["acceptance_rate"] > 0.45
 
