@@ -431,7 +431,8 @@ def run(recipe: Recipe, out=None, *, progress: bool = True, target=None, stop_af
 
     from tqdm.auto import tqdm
 
-    device = DeviceData(train_set, features=features) if recipe.device_data else None
+    trains = step < recipe.steps and stop_after != 0  # (a data-only call places nothing on the device)
+    device = DeviceData(train_set, features=features) if recipe.device_data and trains else None
     if device is not None:
         _log(out / "log.jsonl", {"event": "device_data", "bytes": device.nbytes})
     bar = tqdm(total=None if budget else recipe.steps, initial=step, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
