@@ -99,7 +99,7 @@ class LM:
         def step(carry, xs):
             cache, picked_bd = carry
             tok_bk, pos_bk, c = xs
-            hidden_bkd, cache, taps_nbkd = self.module(params).hidden(tok_bk, pos_bk, cache, layers=layers, taps=taps)
+            hidden_bkd, cache, taps_nbkd = module.hidden(tok_bk, pos_bk, cache, layers=layers, taps=taps)
             local_b = index_b - c * chunk
             here_b = (local_b >= 0) & (local_b < chunk)
             h_bd = jnp.take_along_axis(hidden_bkd, jnp.clip(local_b, 0, chunk - 1)[:, None, None], axis=1)[:, 0]

@@ -301,7 +301,8 @@ def start(dec: Decoder, params, draft_params, batch: Batch) -> SpecState:
     if dec.drafter is None:
         return state
     dstate = dec.drafter.init(draft_params, params, B, dec.size)
-    prefill = TargetPrefill(tokens=prompt_bp, positions=positions_bp, taps=taps_nbpd, first=first_b)
+    prefill = TargetPrefill(tokens=prompt_bp, positions=positions_bp, taps=taps_nbpd, first=first_b,
+                            chunk=dec.prefill_chunk)
     return state.replace(draft=dec.drafter.prefill(draft_params, params, dstate, prefill))
 
 

@@ -329,7 +329,7 @@ class DeviceData:
     equal `Dataset.gather`'s. Memory: the data set's size (features are float16) on the device."""
 
     def __init__(self, dataset: Dataset, *, features: bool = True):
-        self.n_taps, self.features = len(dataset.taps), features
+        self.n_taps = len(dataset.taps)
         self.arrays = {"tokens": jnp.asarray(np.asarray(dataset.tokens))}
         if features:
             self.arrays.update(features=jnp.asarray(np.asarray(dataset.features)),
@@ -342,9 +342,9 @@ class DeviceData:
         return sum(a.nbytes for a in self.arrays.values())
 
     def gather(self, w: Windows) -> dict:
-        out = self._gather(self.arrays, jnp.asarray(w.lo, jnp.int32), jnp.asarray(w.lengths), length=w.length)
-        out["prompt_lengths"], out["lengths"] = jnp.asarray(w.prompt_lengths), jnp.asarray(w.lengths)
-        return out
+        lengths_b = jnp.asarray(w.lengths)
+        out = self._gather(self.arrays, jnp.asarray(w.lo, jnp.int32), lengths_b, length=w.length)
+        return {**out, "prompt_lengths": jnp.asarray(w.prompt_lengths), "lengths": lengths_b}
 
 
 def _device_gather(arrays: dict, lo_b, lengths_b, *, length: int, n_taps: int) -> dict:

@@ -73,6 +73,7 @@ class TargetPrefill:
     positions: jax.Array  # [B,P] int32, -1 for padding and inactive rows
     taps: jax.Array  # [n,B,P,D] the target's tapped hidden states (n = len(drafter.taps))
     first: jax.Array  # [B] int32, the first committed token (sampled from the last prompt position)
+    chunk: int = struct.field(pytree_node=False, default=0)  # the target's prefill chunk (Decoder.prefill_chunk)
 
 
 @struct.dataclass

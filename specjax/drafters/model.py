@@ -13,7 +13,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from specjax.drafters.base import Stateless, last_two, rollout
-from specjax.lm import LM, PREFILL_CHUNK
+from specjax.lm import LM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ModelDrafter(Stateless):
     def prefill(self, draft_params, target_params, cache, prefill):
         last_b = jnp.zeros((prefill.tokens.shape[0],), jnp.int32)  # one row of logits, unused
         _, cache, _ = self.lm.prefill_at(self._params(draft_params, target_params), prefill.tokens, prefill.positions,
-                                         cache, last_b, chunk=PREFILL_CHUNK, layers=self.layers)
+                                         cache, last_b, chunk=prefill.chunk, layers=self.layers)  # chunked as the target
         return cache
 
     def propose(self, draft_params, target_params, state, keys, gamma, sampling, vocab_size):
