@@ -82,8 +82,9 @@ def test_smollm2_greedy_with_the_shipped_eagle_head_equals_autoregressive(smollm
     the same prompts as raw text it reaches 0.218 (the first slot's 0.260; BENCHMARKS.md); the CLI
     test below checks a raw-text prompt."""
     head = load_eagle("smollm2-135m-instruct-eagle3")
-    ar = api.generate(smollm2, PROMPTS, max_new_tokens=64, eos_ids=(), chat=True)
-    sp = api.generate(smollm2, PROMPTS, draft=head, gamma=4, max_new_tokens=64, eos_ids=(), chat=True)
+    prompts = PROMPTS[2:]  # three of the five (test budget): a = 0.484 on these, 0.495 on all five
+    ar = api.generate(smollm2, prompts, max_new_tokens=64, eos_ids=(), chat=True)
+    sp = api.generate(smollm2, prompts, draft=head, gamma=4, max_new_tokens=64, eos_ids=(), chat=True)
     print(f"\neagle (shipped head), chat turns: acceptance rate {sp.stats['acceptance_rate']:.3f}")
     assert_equal_or_near_tie(smollm2.module, sp.prompt_tokens, ar.tokens, sp.tokens, 64)
     assert sp.stats["acceptance_rate"] > 0.45
