@@ -51,8 +51,8 @@ from specjax.cache import KVCache
 from specjax.errors import ConversionError, MissingWeightError, ModelNotFoundError, WeightShapeError
 
 from .family import rope_from_hf, rope_to_hf
-from .transformer import (Norm, RopeConfig, TransformerConfig, _attention, _init, _masks, _project, _rope_tables,
-                          _rotate)
+from .transformer import (Norm, RopeConfig, TransformerConfig, _attention, _attention_blocked, _init, _masks, _project,
+                          _rope_tables, _rotate, attention_block)
 
 ARCHITECTURES = ("LlamaForCausalLMEagle3", "Eagle3LlamaForCausalLM")
 
@@ -180,8 +180,12 @@ class Eagle3Head(nnx.Module):
         nothing written). -> (out [B,T,D] before the final norm, cache)."""
         q_btnh, k_btkh, v_btkh, residual_btd = self.attention_inputs(embeds_btd, hidden_btd, positions_bt)
         cache = cache.write(0, k_btkh, v_btkh, positions_bt)
-        mask_bts, _ = _masks(positions_bt, cache.size, None)
-        attn_btnh = _attention(q_btnh, cache.keys(0), cache.values(0), mask_bts, self.config.layer)
+        block = attention_block(cache.size, positions_bt.shape[1])
+        if block:
+            attn_btnh = _attention_blocked(q_btnh, cache, 0, positions_bt, 0, block, self.config.layer)
+        else:
+            mask_bts, _ = _masks(positions_bt, cache.size, None)
+            attn_btnh = _attention(q_btnh, cache.keys(0), cache.values(0), mask_bts, self.config.layer)
         return self.after_attention(residual_btd, attn_btnh), cache
 
     def logits(self, out_btd):

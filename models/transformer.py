@@ -20,6 +20,7 @@ and its outputs are garbage.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Literal
 
@@ -219,7 +220,9 @@ class Block(nnx.Module):
             self.up_bias = nnx.Param(jnp.zeros((F,), dtype), axes=("mlp",))
             self.down_bias = nnx.Param(jnp.zeros((D,), dtype), axes=("embed",))
 
-    def __call__(self, x_btd, rope_cs, mask_bts, positions_bt, cache: KVCache, layer, cfg: TransformerConfig):
+    def __call__(self, x_btd, rope_cs, attend, positions_bt, cache: KVCache, layer, cfg: TransformerConfig):
+        """attend(q [B,T,N,H], cache, layer) -> [B,T,N,H]: attention over the cache after this call's
+        keys and values are written (dense under a mask, or blocked; see `Transformer.hidden`)."""
         h_btd = self.attn_norm(x_btd)
         q_btnh = _project("btd,dnh->btnh", h_btd, self.q.value)
         k_btkh = _project("btd,dkh->btkh", h_btd, self.k.value)
@@ -234,7 +237,7 @@ class Block(nnx.Module):
             cos_bth, sin_bth = rope_cs
             q_btnh, k_btkh = _rotate(q_btnh, cos_bth, sin_bth), _rotate(k_btkh, cos_bth, sin_bth)
         cache = cache.write(layer, k_btkh, v_btkh, positions_bt)
-        attn_btnh = _attention(q_btnh, cache.keys(layer), cache.values(layer), mask_bts, cfg)
+        attn_btnh = attend(q_btnh, cache, layer)
         o_btd = _project("btnh,nhd->btd", attn_btnh, self.o.value)
         if cfg.out_bias:
             o_btd = o_btd + self.o_bias.value
@@ -275,6 +278,7 @@ def _rope_tables(rope: RopeConfig, head_dim: int, positions_bt):
 
 
 def _attention(q_btnh, k_bskh, v_bskh, mask_bts, cfg: TransformerConfig):
+    """Dense attention of T queries over all S slots under an explicit mask [B,T,S]."""
     B, T, N, H = q_btnh.shape
     K = k_bskh.shape[2]
     if T * (N // K) == 1 and _sixteen_bit(q_btnh, k_bskh):  # one query row per kv head: two, as in `_project`
@@ -283,16 +287,109 @@ def _attention(q_btnh, k_bskh, v_bskh, mask_bts, cfg: TransformerConfig):
                               cfg)
         return out_b2nh[:, :1]
     q_btkrh = q_btnh.reshape(B, T, K, N // K, H)
-    scale = cfg.attn_scale if cfg.attn_scale is not None else H**-0.5
-    scores_bkrts = jnp.einsum("btkrh,bskh->bkrts", q_btkrh, k_bskh.astype(q_btnh.dtype),
-                              preferred_element_type=jnp.float32) * scale
-    if cfg.attn_softcap is not None:
-        scores_bkrts = jnp.tanh(scores_bkrts / cfg.attn_softcap) * cfg.attn_softcap
+    scores_bkrts = _scores(q_btkrh, k_bskh, cfg)
     scores_bkrts = jnp.where(mask_bts[:, None, None], scores_bkrts, _MASKED)
     probs_bkrts = jax.nn.softmax(scores_bkrts, axis=-1).astype(q_btnh.dtype)
     out_btkrh = jnp.einsum("bkrts,bskh->btkrh", probs_bkrts, v_bskh.astype(q_btnh.dtype),
                            preferred_element_type=jnp.float32)
     return out_btkrh.astype(q_btnh.dtype).reshape(B, T, N, H)
+
+
+def _scores(q_btkrh, k_bskh, cfg: TransformerConfig):
+    """Scaled (and soft-capped) float32 attention scores [B,K,R,T,S]."""
+    scale = cfg.attn_scale if cfg.attn_scale is not None else q_btkrh.shape[-1] ** -0.5
+    scores_bkrts = jnp.einsum("btkrh,bskh->bkrts", q_btkrh, k_bskh.astype(q_btkrh.dtype),
+                              preferred_element_type=jnp.float32) * scale
+    if cfg.attn_softcap is not None:
+        scores_bkrts = jnp.tanh(scores_bkrts / cfg.attn_softcap) * cfg.attn_softcap
+    return scores_bkrts
+
+
+# Cache blocks visited by blocked attention, largest first: a block must divide the cache size S, and a
+# cache of at most one block is attended densely. () turns blocked attention off (tests and benchmarks
+# compare against dense attention that way; it is read when a program is traced, so clear JAX's caches
+# after changing it).
+ATTN_BLOCKS = (256, 128, 64)  # 32 made SmolLM2 decoding at S = 192 slower than dense; 64 is even
+
+
+def attention_block(size: int, tokens: int) -> int:
+    """The key-block length blocked attention uses for a call of `tokens` queries into a cache of `size`
+    slots, or 0 for dense attention: caches of one block or less, and calls that fill the whole
+    buffer (a training or data-generation pass: every slot is its own token, nothing to skip but the
+    causal triangle, and dense attention is differentiable in reverse mode, the block loop is not)."""
+    if tokens >= size:
+        return 0
+    return next((b for b in ATTN_BLOCKS if size % b == 0 and size > b), 0)
+
+
+def _attention_blocked(q_btnh, cache: KVCache, layer, positions_bt, window, block: int, cfg: TransformerConfig):
+    """Attention of T queries over one cache layer that visits only the key blocks some query can see:
+    blocks from the one holding the lowest slot a query's window reaches (`window`: a traced int, 0 for
+    none) to the one holding the highest query position, with an online (running max and sum) softmax,
+    so the work follows the occupied length instead of the buffer size S and no [T,S] score tensor
+    exists. Masking is by position as in `_attention` (slot s holds position s).
+
+    Exactness: a block in which every slot is masked for a query (a row whose context ends before a
+    longer row's, a verify pass's later positions) leaves that query's running max, sum and output
+    bit for bit unchanged (its weights are exp(-1e30 - max) = 0 and the rescale factor is exp(0) = 1),
+    and a masked block before the first visible one is zeroed by the rescale, so a query's result does
+    not depend on the other queries or rows of the call, as with the dense mask. Within float rounding
+    (the sum is taken block by block) it equals `_attention`."""
+    B, T, N, H = q_btnh.shape
+    K = cache.k.shape[3]
+    R = N // K
+    if T * R == 1 and _sixteen_bit(q_btnh, cache.k):  # two query rows, as in `_project`
+        pad = ((0, 0), (0, 1))
+        out = _attention_blocked(jnp.pad(q_btnh, pad + ((0, 0), (0, 0))), cache, layer,
+                                 jnp.pad(positions_bt, pad, constant_values=-1), window, block, cfg)
+        return out[:, :1]
+    # rows r * T + t of one matrix per kv head: the layout XLA:CPU multiplies fastest (2x the einsum
+    # over the [B,T,K,R,H] view in a probe), set up once per call, outside the block loop
+    q_bkqh = q_btnh.reshape(B, T, K, R, H).transpose(0, 2, 3, 1, 4).reshape(B, K, R * T, H)
+    scale = cfg.attn_scale if cfg.attn_scale is not None else H ** -0.5
+    valid_bt = positions_bt >= 0
+    last = jnp.max(jnp.where(valid_bt, positions_bt, -1))
+    first = jnp.min(jnp.where(valid_bt, positions_bt, jnp.iinfo(jnp.int32).max))
+    lowest = jnp.where(window > 0, jnp.maximum(first - window + 1, 0), 0)
+    lo, hi = jnp.minimum(lowest, last) // block, last // block + 1  # last < 0 (all padding): no block
+    pos_bt1 = positions_bt[..., None]
+
+    def body(masked: bool, j, carry):
+        max_bkq, sum_bkq, acc_bkqh = carry
+        start = j * block
+        k_bskh, v_bskh = cache.block(layer, start, block)
+        scores_bkqs = jnp.einsum("bkqh,bksh->bkqs", q_bkqh, k_bskh.astype(q_btnh.dtype).transpose(0, 2, 1, 3),
+                                 preferred_element_type=jnp.float32) * scale
+        if cfg.attn_softcap is not None:
+            scores_bkqs = jnp.tanh(scores_bkqs / cfg.attn_softcap) * cfg.attn_softcap
+        if masked:
+            slots_s = start + jnp.arange(block)
+            seen_bts = (slots_s <= pos_bt1) & valid_bt[..., None]
+            seen_bts = seen_bts & ((window <= 0) | (slots_s > pos_bt1 - window))
+            seen_b1qs = jnp.broadcast_to(seen_bts[:, None, None], (B, 1, R, T, block)).reshape(B, 1, R * T, block)
+            scores_bkqs = jnp.where(seen_b1qs, scores_bkqs, _MASKED)
+        new_max_bkq = jnp.maximum(max_bkq, scores_bkqs.max(axis=-1))
+        rescale_bkq = jnp.exp(max_bkq - new_max_bkq)
+        weights_bkqs = jnp.exp(scores_bkqs - new_max_bkq[..., None])
+        sum_bkq = sum_bkq * rescale_bkq + weights_bkqs.sum(axis=-1)
+        acc_bkqh = acc_bkqh * rescale_bkq[..., None] + jnp.einsum(
+            "bkqs,bksh->bkqh", weights_bkqs.astype(q_btnh.dtype), v_bskh.astype(q_btnh.dtype).transpose(0, 2, 1, 3),
+            preferred_element_type=jnp.float32)
+        return new_max_bkq, sum_bkq, acc_bkqh
+
+    init = (jnp.full((B, K, R * T), -jnp.inf, jnp.float32), jnp.zeros((B, K, R * T), jnp.float32),
+            jnp.zeros((B, K, R * T, H), jnp.float32))
+    # Blocks [a, b) are visible to every query of the call (inside every window, before every
+    # position): no mask to build or apply (a fifth of a block's time). Masked blocks run before and
+    # after them, in ascending order as always; a block's numbers do not depend on which loop ran it.
+    a = jnp.clip(jnp.where(window > 0, -(-(last - window + 1) // block), 0), lo, hi)
+    b = jnp.clip((first + 1) // block, a, hi)
+    carry = jax.lax.fori_loop(lo, a, functools.partial(body, True), init)
+    carry = jax.lax.fori_loop(a, b, functools.partial(body, False), carry)
+    _, sum_bkq, acc_bkqh = jax.lax.fori_loop(b, hi, functools.partial(body, True), carry)
+    out_bkqh = acc_bkqh / jnp.maximum(sum_bkq, 1e-30)[..., None]  # all padding: zeros, not NaN
+    out_bkrth = out_bkqh.reshape(B, K, R, T, H)
+    return out_bkrth.transpose(0, 3, 1, 2, 4).astype(q_btnh.dtype).reshape(B, T, N, H)
 
 
 def _masks(positions_bt, size: int, window: int | None):
@@ -375,7 +472,10 @@ class Transformer(nnx.Module):
             pos_bt = jnp.clip(positions_bt, 0, cfg.max_positions - 1)
             x_btd = x_btd + jnp.take(self.pos_embed.value, pos_bt, axis=0)
 
-        global_bts, local_bts = _masks(positions_bt, cache.size, cfg.sliding_window)
+        B, T = tokens_bt.shape
+        block = attention_block(cache.size, T)
+        if not block:
+            global_bts, local_bts = _masks(positions_bt, cache.size, cfg.sliding_window)
         rope_global = rope_local = None
         if cfg.position == "rope":
             rope_global = _rope_tables(cfg.rope, cfg.head_dim, positions_bt)
@@ -398,7 +498,6 @@ class Transformer(nnx.Module):
             raise ValueError(f"taps {list(taps)} must be distinct inputs of the blocks that run ({layer_ids}) "
                              f"or {after}, the output of the last one; not {missing}")
         n_taps = len(taps)
-        B, T = tokens_bt.shape
         taps_nbtd = jnp.zeros((n_taps, B, T, cfg.dim), x_btd.dtype)
 
         def step(carry, ids):
@@ -412,16 +511,25 @@ class Transformer(nnx.Module):
             # float32 on every forward pass (bf16 decoding ran at ~0.3x of f32); behind the barrier
             # the conversion fuses into the slice of the one layer that runs.
             stacked = jax.lax.optimization_barrier(stacked)
-            block = nnx.merge(block_def, jax.tree.map(lambda a: a[layer], stacked))
+            block_module = nnx.merge(block_def, jax.tree.map(lambda a: a[layer], stacked))
             local = is_local_l[layer]
-            mask_bts = jnp.where(local, local_bts, global_bts) if cfg.has_local_layers else global_bts
+            if block:
+                window = jnp.where(local, cfg.sliding_window, 0) if cfg.has_local_layers else 0
+
+                def attend(q_btnh, cache, cache_layer):
+                    return _attention_blocked(q_btnh, cache, cache_layer, positions_bt, window, block, cfg)
+            else:
+                mask_bts = jnp.where(local, local_bts, global_bts) if cfg.has_local_layers else global_bts
+
+                def attend(q_btnh, cache, cache_layer):
+                    return _attention(q_btnh, cache.keys(cache_layer), cache.values(cache_layer), mask_bts, cfg)
             rope_cs = None
             if rope_global is not None:
                 if rope_local is rope_global:
                     rope_cs = rope_global
                 else:
                     rope_cs = jax.tree.map(lambda g, l: jnp.where(local, l, g), rope_global, rope_local)
-            x_btd, cache = block(x_btd, rope_cs, mask_bts, positions_bt, cache, cache_layer, cfg)
+            x_btd, cache = block_module(x_btd, rope_cs, attend, positions_bt, cache, cache_layer, cfg)
             return (x_btd, cache, taps_nbtd, stacked), None
 
         slots = tuple(taps.index(j) if j in taps else n_taps for j in layer_ids)

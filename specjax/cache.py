@@ -65,6 +65,14 @@ class KVCache:
         """Values of one layer [B,S,K,H] in `dtype`."""
         return self._load(self.v[layer])
 
+    def block(self, layer, start, size: int) -> tuple[jax.Array, jax.Array]:
+        """Keys and values [B,size,K,H] in `dtype` of one layer's slots [start, start + size) (`start` may
+        be traced; the block must lie inside the cache)."""
+        def take(bits):
+            L, B, S, K, H = bits.shape
+            return self._load(jax.lax.dynamic_slice(bits, (layer, 0, start, 0, 0), (1, B, size, K, H))[0])
+        return take(self.k), take(self.v)
+
     @property
     def size(self) -> int:
         """S, the number of slots per row."""

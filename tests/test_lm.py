@@ -132,3 +132,45 @@ def test_chunked_prefill_equals_one_pass(family):
         for r, n in enumerate(lengths):  # taps at padding are unspecified
             np.testing.assert_allclose(np.asarray(chunked[2])[:, r, :n], np.asarray(one[2])[:, r, :n], rtol=1e-5,
                                        atol=1e-5, err_msg=f"taps T={T}")
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral-gqa-window", "gemma3", "gpt2", "qwen3"])
+def test_blocked_attention_equals_dense_attention(family, monkeypatch):
+    """Blocked attention (key blocks up to the highest query position, from the lowest slot a window
+    reaches, online softmax) gives the logits and cache of dense masked attention within float32
+    rounding: a chunked prefill of rows of different lengths across block boundaries, then a one-token
+    decode and a five-token verify pass, padding by position, sliding windows (4 and 5) that straddle a
+    block boundary, for every family. Dense is forced by offering no block size."""
+    from conftest import TINY_VOCAB, make_tiny_hf
+
+    from specjax.models import load
+    from specjax.models import transformer
+
+    lm, params = LM.split(load(make_tiny_hf(family), progress=False).module)
+    S = 384
+    assert transformer.attention_block(S, 64) == 128 and transformer.attention_block(S, S) == 0
+    rng = np.random.default_rng(7)
+    lengths = [300, 254]  # row 1 decodes at 254: the last fully visible block ends at 127
+    tokens = jnp.asarray(rng.integers(0, TINY_VOCAB, size=(2, 300)))
+    positions = jnp.asarray([[t if t < n else -1 for t in range(300)] for n in lengths])
+    last = jnp.asarray([n - 1 for n in lengths])
+    step_tokens = jnp.asarray(rng.integers(0, TINY_VOCAB, size=(2, 5)))
+
+    def run():
+        logits0, cache, _ = jax.jit(lambda p, c: lm.prefill_at(p, tokens, positions, c, last, chunk=64))(
+            params, lm.init_cache(params, 2, S))
+        decode_pos = jnp.asarray([[300], [254]])
+        forward = jax.jit(lambda p, t, q, c: lm.forward(p, t, q, c))  # a new function: traced again
+        logits1, cache, _ = forward(params, step_tokens[:, :1], decode_pos, cache)
+        verify_pos = jnp.asarray([[301, 302, 303, 304, 305], [255, 256, 257, -1, -1]])
+        logits2, cache, _ = forward(params, step_tokens, verify_pos, cache)
+        return logits0, logits1, logits2[:, :3], cache
+
+    blocked = run()
+    monkeypatch.setattr(transformer, "ATTN_BLOCKS", ())
+    dense = run()
+    for name, a, b in zip(("prefill", "decode", "verify"), blocked[:3], dense[:3]):
+        assert np.abs(np.asarray(b)).max() > 0.1
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5, err_msg=name)
+    for a, b in zip(jax.tree.leaves(blocked[3]), jax.tree.leaves(dense[3])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5, err_msg="cache")

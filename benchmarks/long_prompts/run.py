@@ -31,8 +31,10 @@ def prompt_ids(tokenizer, n: int) -> list[int]:
     return (ids * (n // len(ids) + 1))[:n]
 
 
-def specjax_ttft(target, ids: list[int], chunk: int, repeats: int) -> dict:
+def specjax_ttft(target, ids: list[int], chunk: int, repeats: int, dense: bool = False) -> dict:
+    """dense: attention over every cache slot under a mask (the engine before blocked attention)."""
     from specjax import loop
+    from specjax.models import transformer
     from specjax.lm import LM
     from specjax.sampler import bucket, size_bucket
 
@@ -42,15 +44,21 @@ def specjax_ttft(target, ids: list[int], chunk: int, repeats: int) -> dict:
     prompt[0, :len(ids)] = ids
     batch = loop.Batch.make(prompt, [len(ids)], max_new_tokens=1)
     dec = loop.Decoder(lm=lm, size=max(size_bucket(len(ids) + 2), P), prefill_chunk=chunk)
-    fn = jax.jit(loop.generate, static_argnums=0)
-    t0 = time.perf_counter()
-    compiled = fn.lower(dec, params, None, batch).compile()
+    fn = jax.jit(lambda d, p, b: loop.generate(d, p, None, b), static_argnums=0)
+    blocks = transformer.ATTN_BLOCKS
+    transformer.ATTN_BLOCKS = () if dense else blocks
+    jax.clear_caches()  # loop.generate is jitted on the decoder alone: trace it again with these blocks
+    try:
+        t0 = time.perf_counter()
+        compiled = fn.lower(dec, params, batch).compile()
+    finally:
+        transformer.ATTN_BLOCKS = blocks
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        state = compiled(params, None, batch)
+        state = compiled(params, batch)
         jax.block_until_ready(state.tokens)
         times.append(time.perf_counter() - t0)
     return {"ttft_s": statistics.median(times), "runs": times, "compile_s": compile_s,
@@ -75,7 +83,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", default="250,500,1000,2000,4096")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--chunks", default="0,256")
+    ap.add_argument("--chunks", default="dense0,dense256,0,256",
+                    help="prefill chunk sizes (0: one pass); a 'dense' prefix attends over every slot under a mask")
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--out", default="benchmarks/long_prompts")
     args = ap.parse_args()
@@ -92,8 +101,9 @@ def main() -> None:
     for n in map(int, args.lengths.split(",")):
         ids = prompt_ids(target.tokenizer, n)
         row = {"tokens": n}
-        for c in map(int, args.chunks.split(",")):
-            row[f"chunk{c}"] = specjax_ttft(target, ids, c, args.repeats)
+        for c in args.chunks.split(","):
+            row[f"chunk{c}"] = specjax_ttft(target, ids, int(c.removeprefix("dense")), args.repeats,
+                                            dense=c.startswith("dense"))
         if hf is not None:
             row["transformers"] = transformers_ttft(hf, ids, args.repeats)
         rows.append(row)
@@ -102,7 +112,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"backend": jax.default_backend(), "rows": rows}, indent=1))
-    chunks = [f"chunk{c}" for c in map(int, args.chunks.split(","))]
+    chunks = [f"chunk{c}" for c in args.chunks.split(",")]
     print("| prompt tokens | " + " | ".join(f"specjax {c} s (temp MB, compile s)" for c in chunks)
           + (" | transformers s | best / transformers" if hf is not None else "") + " |")
     for r in rows:
