@@ -402,6 +402,16 @@ def _masks(positions_bt, size: int, window: int | None):
     return causal_bts, causal_bts & (slots_s > pos_bt1 - window)
 
 
+def _ring_mask(positions_bt, ring_size: int, window: int):
+    """The mask [B,T,W] of a sliding-window layer's ring buffer (slot s holds the newest position
+    congruent to s mod W that was written): the position slot s holds for a query at p, given the
+    ring's size bound (`specjax.cache`), is p - ((p - s) mod W), visible when within the window."""
+    slots_s = jnp.arange(ring_size)
+    pos_bt1 = positions_bt[..., None]
+    held_bts = pos_bt1 - jnp.mod(pos_bt1 - slots_s, ring_size)
+    return (held_bts > pos_bt1 - window) & (held_bts >= 0) & (pos_bt1 >= 0)
+
+
 class Transformer(nnx.Module):
     """A decoder-only language model; see the module docstring for the contract."""
 
@@ -422,12 +432,24 @@ class Transformer(nnx.Module):
         if not cfg.tie_embeddings:
             self.lm_head = nnx.Param(_init(rngs, (cfg.dim, cfg.vocab_size), dtype), axes=("embed", "vocab"))
 
-    def init_cache(self, batch: int, size: int, dtype=None, *, layers: int | None = None) -> KVCache:
-        """An empty cache for all layers, or for `layers` of them (a layer-subset draft's own cache)."""
+    def init_cache(self, batch: int, size: int, dtype=None, *, layers: int | None = None,
+                   ring_slack: int | None = None) -> KVCache:
+        """An empty cache for all layers, or for `layers` of them (a layer-subset draft's own cache).
+
+        ring_slack: the most positions any call will write ahead of the committed length (the decoder
+        passes its prefill pass length and G + 1). Given it, the sliding-window layers of a full cache
+        keep ring buffers of window + ring_slack slots instead of `size` (when that is smaller), so
+        their memory is bounded by the window; attention over them is exact under that bound."""
         cfg = self.config
+        ring = {}
+        if ring_slack is not None and layers is None and cfg.has_local_layers:
+            ring_size = cfg.sliding_window + max(int(ring_slack), 1)
+            if ring_size < size:
+                ring = dict(ring_layers=tuple(i for i, kind in enumerate(cfg.kinds) if kind == "local"),
+                            window=cfg.sliding_window, ring_size=ring_size)
         return KVCache.zeros(
             layers=cfg.num_layers if layers is None else layers, batch=batch, size=size,
-            kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, dtype=dtype or self.dtype,
+            kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, dtype=dtype or self.dtype, **ring,
         )
 
     def with_kv_heads(self, kv_heads: int) -> "Transformer":
@@ -476,6 +498,10 @@ class Transformer(nnx.Module):
         block = attention_block(cache.size, T)
         if not block:
             global_bts, local_bts = _masks(positions_bt, cache.size, cfg.sliding_window)
+        rings = bool(cache.ring_layers)
+        if rings:
+            ring_bts = _ring_mask(positions_bt, cache.ring_size, cache.window)
+            only_rings = cache.k.shape[0] == 0
         rope_global = rope_local = None
         if cfg.position == "rope":
             rope_global = _rope_tables(cfg.rope, cfg.head_dim, positions_bt)
@@ -486,9 +512,9 @@ class Transformer(nnx.Module):
         if layers is None:
             layers = cfg.num_layers
         layer_ids = tuple(range(layers)) if isinstance(layers, int) else tuple(layers)
-        own_cache = cache.k.shape[0] != cfg.num_layers
-        if own_cache and cache.k.shape[0] != len(layer_ids):
-            raise ValueError(f"cache has {cache.k.shape[0]} layers; running {len(layer_ids)} of {cfg.num_layers}")
+        own_cache = cache.num_layers != cfg.num_layers
+        if own_cache and cache.num_layers != len(layer_ids):
+            raise ValueError(f"cache has {cache.num_layers} layers; running {len(layer_ids)} of {cfg.num_layers}")
         cache_ids = tuple(range(len(layer_ids))) if own_cache else layer_ids
         taps = tuple(int(t) for t in taps)
         # a tap is the input of a block that runs, or the output of the last block that runs (its index + 1)
@@ -513,16 +539,29 @@ class Transformer(nnx.Module):
             stacked = jax.lax.optimization_barrier(stacked)
             block_module = nnx.merge(block_def, jax.tree.map(lambda a: a[layer], stacked))
             local = is_local_l[layer]
+            # with rings the sliding-window layers attend over their ring (below); the full cache's
+            # layers are all global
+            windowed = local & (not rings)
             if block:
-                window = jnp.where(local, cfg.sliding_window, 0) if cfg.has_local_layers else 0
+                window = jnp.where(windowed, cfg.sliding_window, 0) if cfg.has_local_layers else 0
 
                 def attend(q_btnh, cache, cache_layer):
                     return _attention_blocked(q_btnh, cache, cache_layer, positions_bt, window, block, cfg)
             else:
-                mask_bts = jnp.where(local, local_bts, global_bts) if cfg.has_local_layers else global_bts
+                mask_bts = jnp.where(windowed, local_bts, global_bts) if cfg.has_local_layers else global_bts
 
                 def attend(q_btnh, cache, cache_layer):
                     return _attention(q_btnh, cache.keys(cache_layer), cache.values(cache_layer), mask_bts, cfg)
+            if rings:
+                full_attend = attend
+
+                def attend(q_btnh, cache, cache_layer):
+                    def ring():
+                        return _attention(q_btnh, cache.ring_keys(cache_layer), cache.ring_values(cache_layer),
+                                          ring_bts, cfg)
+                    if only_rings:
+                        return ring()
+                    return jax.lax.cond(cache.is_ring(cache_layer), ring, lambda: full_attend(q_btnh, cache, cache_layer))
             rope_cs = None
             if rope_global is not None:
                 if rope_local is rope_global:

@@ -7,7 +7,8 @@ What the engine relies on: a Flax NNX module (`specjax.models.Transformer` is on
     hidden(tokens[B,T] int32, positions[B,T] int32, cache, *, layers=None, taps=())
         -> (hidden[B,T,D] after the final norm, cache, taps[n,B,T,D])
     logits(hidden[B,T,D]) -> logits[B,T,V] float32
-    init_cache(batch, size, *, layers=None) -> KVCache   (every layer, or a cache for `layers` blocks)
+    init_cache(batch, size, *, layers=None[, ring_slack=None]) -> KVCache   (every layer, or a cache for
+        `layers` blocks; with ring_slack, sliding-window layers may keep ring buffers)
     config.vocab_size (V, embedding rows; may exceed the tokenizer's vocabulary)
     config.num_layers (L)
     config.dim (D)
@@ -111,8 +112,15 @@ class LM:
         taps_nbtd = taps_cnbkd.transpose(1, 2, 0, 3, 4).reshape(n_taps, B, n * chunk, taps_cnbkd.shape[-1])[:, :, :T]
         return module.logits(picked_bd[:, None])[:, 0], cache, taps_nbtd
 
-    def init_cache(self, params, batch: int, size: int, *, layers: int | None = None) -> KVCache:
-        return self.module(params).init_cache(batch, size, layers=layers)
+    def init_cache(self, params, batch: int, size: int, *, layers: int | None = None,
+                   ring_slack: int | None = None) -> KVCache:
+        """An empty cache; `ring_slack` (the most positions a call writes ahead) lets a model keep its
+        sliding-window layers in ring buffers (a module whose `init_cache` takes no such argument
+        keeps full-size layers)."""
+        module = self.module(params)
+        if ring_slack is None:
+            return module.init_cache(batch, size, layers=layers)
+        return module.init_cache(batch, size, layers=layers, ring_slack=ring_slack)
 
 
 def param_bytes(params) -> int:

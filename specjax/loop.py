@@ -193,6 +193,13 @@ class Decoder:
                 raise ConfigError(f"drafter {self.drafter.name!r} must see every round (its own cache re-syncs on "
                                   f"the two newest tokens): a policy for it cannot include width 0, got {widths}")
 
+    def ring_slack(self, prompt_len: int) -> int:
+        """The most positions one call writes ahead of the committed length: a prefill pass (one chunk,
+        or the whole prompt bucket in one pass) or a round's G + 1. Sliding-window layers keep ring
+        buffers of window + this many slots (`Transformer.init_cache`)."""
+        chunk = self.prefill_chunk if self.prefill_chunk and prompt_len > self.prefill_chunk else prompt_len
+        return max(chunk, self.gamma + 1)
+
     @property
     def headroom(self) -> int:
         return 0 if self.drafter is None else self.gamma + 1
@@ -281,7 +288,7 @@ def start(dec: Decoder, params, draft_params, batch: Batch) -> SpecState:
         lengths=batch.lengths.astype(jnp.int32),
         prompt_lengths=batch.lengths.astype(jnp.int32),
         done=~batch.active,
-        cache=lm.init_cache(params, B, dec.size),
+        cache=lm.init_cache(params, B, dec.size, ring_slack=dec.ring_slack(P)),
         draft=None,
         keys=keys_b,
         sampling=batch.sampling,

@@ -16,15 +16,20 @@ def nbytes(tree) -> int:
     return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
 
-def memory(lm: LM, params, drafter=None, draft_params=None, *, batch: int = 1, length: int = 2048) -> dict:
-    """Parameter and KV-cache bytes of target and drafter for `batch` rows of `length` slots.
+def memory(lm: LM, params, drafter=None, draft_params=None, *, batch: int = 1, length: int = 2048,
+           ring_slack: int | None = None) -> dict:
+    """Parameter and KV-cache bytes of target and drafter for `batch` rows of `length` slots
+    (ring_slack as the decoder passes it: sliding-window layers in ring buffers, their bytes apart as
+    `target_ring_bytes`).
 
     The speculation overhead is the drafter's parameters plus its state (zero for prompt lookup and
     for layer skip with the shared cache). Nothing is allocated: shapes come from `jax.eval_shape`."""
-    target_cache = jax.eval_shape(lambda p: lm.init_cache(p, batch, length), params)
+    target_cache = jax.eval_shape(lambda p: lm.init_cache(p, batch, length, ring_slack=ring_slack), params)
+    rings = [getattr(target_cache, name, None) for name in ("ring_k", "ring_v")]
     report = {
         "batch": batch, "length": length,
         "target_param_bytes": nbytes(params), "target_cache_bytes": nbytes(target_cache),
+        "target_ring_bytes": nbytes([r for r in rings if r is not None]),
         "draft_param_bytes": 0, "draft_cache_bytes": 0,
     }
     if drafter is not None:
@@ -57,10 +62,13 @@ def device_memory_bytes() -> int | None:
 
 def request_bytes(lm: LM, params, drafter, draft_params, *, batch: int, prompt: int, length: int) -> dict:
     """A lower estimate of the memory one decode call needs: params, the KV caches and the drafter's
-    state (`memory`), plus the prefill's largest transient, one block's float32 attention scores and
-    softmax [B, N, P, S] (the blocks run one at a time)."""
+    state (`memory`), plus a bound on the prefill's largest transient, one layer's float32 attention
+    scores and softmax over a prefill pass [B, N, min(P, chunk), S] (the layers run one at a time, a
+    long prompt in chunks of `PREFILL_CHUNK`; blocked attention needs less)."""
+    from specjax.lm import PREFILL_CHUNK
+
     m = memory(lm, params, drafter, draft_params, batch=batch, length=length)
-    scores = 2 * batch * lm.config.num_heads * prompt * length * 4
+    scores = 2 * batch * lm.config.num_heads * min(prompt, PREFILL_CHUNK) * length * 4
     total = m["target_param_bytes"] + m["target_cache_bytes"] + m["speculation_overhead_bytes"] + scores
     return {**m, "prefill_scores_bytes": scores, "total_bytes": total}
 

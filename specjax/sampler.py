@@ -388,7 +388,8 @@ class Sampler:
         run_s = time.perf_counter() - started
         result = self._result(state, ids, compile_s, run_s)
         result.timing["compilations"] = COMPILED.compilations - before
-        result.stats["memory"] = self.memory(batch=batch.prompt.shape[0], length=decoder.size)
+        result.stats["memory"] = self.memory(batch=batch.prompt.shape[0], length=decoder.size,
+                                             ring_slack=decoder.ring_slack(batch.prompt.shape[1]))
         return result
 
     def check_context(self, ids: list[list[int]], max_new: list[int]) -> None:
@@ -421,12 +422,13 @@ class Sampler:
                 f"{need['prefill_scores_bytes'] / gb:.1f}) for {batch} rows of {length} slots, but the device has "
                 f"{have / gb:.1f} GiB; use fewer prompts per call, shorter prompts or fewer new tokens")
 
-    def memory(self, *, batch: int, length: int) -> dict:
-        """`report.memory` of this target and drafter, computed once per (batch, length)."""
-        if (batch, length) not in self._memory:
-            self._memory[batch, length] = report.memory(self.lm, self.params, self.drafter, self.draft_params,
-                                                        batch=batch, length=length)
-        return dict(self._memory[batch, length])
+    def memory(self, *, batch: int, length: int, ring_slack: int | None = None) -> dict:
+        """`report.memory` of this target and drafter, computed once per (batch, length, ring_slack)."""
+        if (batch, length, ring_slack) not in self._memory:
+            self._memory[batch, length, ring_slack] = report.memory(
+                self.lm, self.params, self.drafter, self.draft_params, batch=batch, length=length,
+                ring_slack=ring_slack)
+        return dict(self._memory[batch, length, ring_slack])
 
     def _result(self, state, ids, compile_s: float, run_s: float) -> GenerateResult:
         n = len(ids)
