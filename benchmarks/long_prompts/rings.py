@@ -50,7 +50,7 @@ def main() -> None:
     prompt = np.zeros((1, bucket(len(ids), 16)), np.int32)
     prompt[0, :len(ids)] = ids
     batch = loop.Batch.make(prompt, [len(ids)], max_new_tokens=args.new)
-    size = size_bucket(len(ids) + args.new + 1)
+    size = max(size_bucket(len(ids) + args.new + 1), prompt.shape[1])
     out = {}
     for name, chunk in (("rings", 256), ("full", 0)):
         dec = loop.Decoder(lm=lm, size=size, prefill_chunk=chunk)
