@@ -24,6 +24,9 @@ from specjax.config import GREEDY, SamplingConfig
 from specjax.drafters import registry
 from specjax.lm import LM
 
+# 20,000-row batches: running them outweighs compiling, so XLA optimises these programs (conftest.py)
+pytestmark = pytest.mark.optimized
+
 V, K, N, GAMMA = 8, 3, 20_000, 2
 PROMPT = [1, 2, 3, 1, 2]
 CONFIGS = {
