@@ -102,9 +102,7 @@ def test_bfloat16_params_give_float32_logits_that_are_not_rounded_to_bfloat16(ti
     assert not bool(jnp.all(on_grid)), "the logits were computed in bfloat16 and only then cast"
 
 
-# GPT-2 and Qwen3 run in make test-all (the test budget): chunking is the same code for every family.
-@pytest.mark.parametrize("family", ["llama", "mistral-gqa-window", "gemma3", pytest.param("gpt2", marks=pytest.mark.slow),
-                                    pytest.param("qwen3", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("family", ["llama", "mistral-gqa-window", "gemma3", "gpt2", "qwen3"])
 def test_chunked_prefill_equals_one_pass(family):
     """`prefill_at` in chunks == one `forward_at` pass: the logits at each row's last prompt token,
     the cache and the taps, for prompts that are and are not multiples of the chunk (rows of

@@ -308,9 +308,7 @@ def test_decoder_settings_are_checked():
         loop.Decoder(verify="serial", **common)
 
 
-# The chain of loops does not depend on how a round verifies; the stepwise variant runs in make test-all
-# (the test budget; stepwise verification itself is checked by test_observe... and the real-model tests).
-@pytest.mark.parametrize("verify", ["batched", pytest.param("stepwise", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("verify", ["batched", "stepwise"])
 def test_prompt_lookups_chain_of_loops_runs_the_same_rounds_as_one_cond_per_round(target, verify):
     """`abstain_run` (plain steps while no row proposes, full rounds while one does, as two while loops)
     emits exactly what a loop of `spec_round`s (a `lax.cond` per round) emits, on sampled batches:

@@ -77,13 +77,11 @@ def single_device(target):
 MIXED = [SamplingConfig()] * 4 + [SamplingConfig(temperature=1.0)] * 4
 
 
-# Every drafter on the mesh that splits the model (1x8); splitting only the batch (8x1) is
-# drafter-agnostic and runs with plain decoding and the EAGLE head; both at once (2x4) runs with the
-# EAGLE head here and with every drafter in make test-all (the test budget).
-@pytest.mark.parametrize("mesh_shape,drafter", [
-    (m, d) if m != (2, 4) or d == "eagle" else pytest.param(m, d, marks=pytest.mark.slow)
-    for d in ("none", "layerskip", "model", "eagle") for m in MESHES if m != (8, 1) or d in ("none", "eagle")],
-    ids=lambda x: f"{x[0]}x{x[1]}" if isinstance(x, tuple) else x)
+# Every drafter on the meshes that split the model (1x8, 2x4); splitting only the batch (8x1) is
+# drafter-agnostic and runs with plain decoding and the EAGLE head (the test budget).
+@pytest.mark.parametrize("mesh_shape,drafter", [(m, d) for d in ("none", "layerskip", "model", "eagle") for m in MESHES
+                                                if m != (8, 1) or d in ("none", "eagle")],
+                         ids=lambda x: f"{x[0]}x{x[1]}" if isinstance(x, tuple) else x)
 def test_meshes_give_single_device_tokens(target, single_device, mesh_shape, drafter):
     draft_model, ref = single_device
     draft = {"none": None, "layerskip": "layerskip:1", "model": draft_model, "eagle": eagle_head(target)}[drafter]
