@@ -226,18 +226,22 @@ def _top_p_mask(logits_v, s: RowSampling):
     above m is in those blocks, so for T >= m the masses over the blocks (plus, for the tail, the
     whole mass outside them) are M(T) exactly. When M(m) >= p the edge is >= m, and the bisection
     runs over the blocks alone; that holds whenever the nucleus sits in the ~CAND_BLOCKS most likely
-    ids (peaked distributions). Other rows (flat ones) search all V ids."""
+    ids (peaked distributions). Other rows (flat and broad ones, whose nucleus is thousands of ids):
+    a histogram of the mass over value bins (`_edge_bin`) finds the bin the edge lies in, and the
+    bisection runs over that bin's ids alone (gathered through EDGE_GROUPS candidate groups) with the
+    mass above (or below) the bin as its base: ~30 ids for a flat row at V = 262,144. Rows whose edge
+    bin is too crowded for the groups (many exactly tied logits) search all V ids."""
     V = logits_v.shape[-1]
     p = _per_row(jnp.where(s.greedy, 1.0, s.top_p), logits_v)
     q = _per_row(jnp.asarray(s.top_q, jnp.float32), logits_v)
     on = p < 1.0
     tail = p > 0.5
 
-    def edge_of(keys, probs, base):  # the largest T with M(T) >= p; base: mass outside `keys` (tail side)
-        def reaches(t):  # M(T) >= p, from the head or (p > 1/2) from the tail
+    def edge_of(keys, probs, base, head_base=0.0):  # the largest T with M(T) >= p
+        def reaches(t):  # M(T) >= p, from the head or (p > 1/2) from the tail; bases: mass outside `keys`
             side = (keys > t) != tail  # the tail side is key <= t
             mass = jnp.sum(jnp.where(side, probs, 0.0), axis=-1, keepdims=True)
-            return jnp.where(tail, base + mass <= q, mass >= p)
+            return jnp.where(tail, base + mass <= q, head_base + mass >= p)
 
         return _largest_key(reaches, keys.shape[:-1] + (1,))
 
@@ -255,11 +259,76 @@ def _top_p_mask(logits_v, s: RowSampling):
             above = jnp.sum(jnp.where(ck > outside, cp, 0.0), axis=-1, keepdims=True)  # M(m)
             below = jnp.sum(jnp.where(ck <= outside, cp, 0.0), axis=-1, keepdims=True)
             fits = jnp.where(tail, out_mass + below <= q, above >= p)
-            fast = edge_of(ck, cp, out_mass)
-            edge = _or_full(on, fits, fast, lambda: edge_of(key, probs, 0.0))
+
+            def fast():
+                return edge_of(ck, cp, out_mass)
+
+            def binned():  # rows whose nucleus is not in the blocks: their edge's bin, else all V ids
+                hk, hp, head_base, tail_base, ok = _edge_bin(x, key, probs, p, q, tail)
+                either = jnp.where(fits, jax.lax.cond(jnp.any(on & fits), fast, lambda: jnp.zeros_like(ok, jnp.uint32)),
+                                   edge_of(hk, hp, tail_base, head_base))
+                return _or_full(on, fits | ok, either, lambda: edge_of(key, probs, 0.0))
+
+            edge = jax.lax.cond(jnp.any(on & ~fits), binned, fast)
         return jnp.where(on & (key <= edge), -jnp.inf, x)
 
     return jax.lax.cond(jnp.any(on), apply, lambda x: x, logits_v)
+
+
+EDGE_BINS = 16384  # value bins of the histogram that locates a row's top-p edge
+EDGE_GROUPS = 128  # candidate groups (of CAND_WIDTH ids) that must hold the edge bin's ids
+
+
+def _edge_bin(x, key, probs, p, q, tail):
+    """The ids of the histogram bin holding each row's top-p edge, gathered through the candidate
+    blocks, for a bisection over a few thousand ids instead of all V (flat and broad rows, whose
+    nucleus is thousands of ids). -> (keys, probs [..., CAND_WIDTH * CAND_BLOCKS]: the bin's ids,
+    others key 0 and mass 0; head base: the mass above the bin; tail base: the mass below it;
+    ok [..., 1]: the answer is exact for this row).
+
+    Bins: b(x) = floor((x - min) * (EDGE_BINS - 1) / (max - min)) over the finite logits. Each float
+    operation is monotone, so b is non-decreasing in x: every bin is an interval of the key order and
+    ties share a bin. One scatter-add gives each bin's mass; suffix (head) or prefix (tail) sums find
+    the bin where M crosses p (head: the last bin whose suffix mass reaches p, so the mass above it is
+    below p and the edge T lies between its smallest key - 1 and its largest; tail: the first bin
+    whose prefix mass exceeds q). For T in that range M(T) is the mass above the bin plus the bin's
+    ids above T (the tail alike), which the bisection over the gathered ids computes. The bin's ids
+    reach the candidate blocks when at most CAND_BLOCKS groups hold them (`outside` is 0); rows where
+    they do not, or whose bins cannot be formed (min = max, an overflowing range), are not ok."""
+    finite = jnp.isfinite(x)
+    lo = jnp.min(jnp.where(finite, x, jnp.inf), axis=-1, keepdims=True)
+    hi = jnp.max(jnp.where(finite, x, -jnp.inf), axis=-1, keepdims=True)
+    span = hi - lo
+    formed = jnp.isfinite(span) & (span > 0)
+    scale = jnp.where(formed, (EDGE_BINS - 1) / jnp.where(formed, span, 1.0), 0.0)
+    f = jnp.where(finite & formed, (x - lo) * scale, 0.0)
+    b = jnp.clip(f, 0, EDGE_BINS - 1).astype(jnp.int32)
+    rows = b.reshape(-1, b.shape[-1])
+    flat_bins = (rows + (jnp.arange(rows.shape[0], dtype=jnp.int32) * EDGE_BINS)[:, None]).reshape(-1)
+    mass = jnp.zeros(rows.shape[0] * EDGE_BINS, jnp.float32).at[flat_bins].add(probs.reshape(-1))
+    mass = mass.reshape(b.shape[:-1] + (EDGE_BINS,))
+    suffix = jnp.flip(jnp.cumsum(jnp.flip(mass, -1), axis=-1), -1)  # mass of bins >= b
+    prefix = jnp.cumsum(mass, axis=-1)  # mass of bins <= b
+    head_bin = jnp.sum(suffix >= p, axis=-1, keepdims=True) - 1
+    tail_bin = jnp.sum(prefix <= q, axis=-1, keepdims=True)
+    edge_bin = jnp.where(tail, tail_bin, head_bin)
+    found = (edge_bin >= 0) & (edge_bin < EDGE_BINS)
+    at = jnp.clip(edge_bin, 0, EDGE_BINS - 1)
+    head_base = jnp.where(at + 1 < EDGE_BINS,
+                          jnp.take_along_axis(suffix, jnp.minimum(at + 1, EDGE_BINS - 1), axis=-1), 0.0)
+    tail_base = jnp.where(at > 0, jnp.take_along_axis(prefix, jnp.maximum(at - 1, 0), axis=-1), 0.0)
+    inside = finite & (b == at)
+    ids, outside, sb, _ = _candidate_blocks(jnp.where(inside, key, jnp.uint32(0)), EDGE_GROUPS)
+    V = x.shape[-1]
+    pb = jnp.pad(probs, [(0, 0)] * (x.ndim - 1) + [(0, sb.shape[-1] * CAND_WIDTH - V)]).reshape(sb.shape)
+    hk = _gather_blocks(sb, ids)
+    hp = jnp.where(hk > 0, _gather_blocks(pb, ids), 0.0)  # key 0: not in the bin (every number's key is above)
+    # The bisection's predicate at either end of the bin, as it computes them: true below the bin's
+    # keys and false at its largest key, so the edge it returns lies in the bin whatever the rounding.
+    inner = jnp.sum(hp, axis=-1, keepdims=True)
+    brackets = jnp.where(tail, (tail_base <= q) & (tail_base + inner > q), (head_base < p) & (head_base + inner >= p))
+    ok = formed & found & (outside == 0) & brackets
+    return hk, hp, head_base, tail_base, ok
 
 
 def _min_p_mask(logits_v, s: RowSampling):

@@ -259,3 +259,23 @@ def test_argmax_by_two_reductions_is_jnp_argmax():
     mask[0] = False
     want = [np.flatnonzero(r).max() if r.any() else -1 for r in mask]
     np.testing.assert_array_equal(np.asarray(last_index(jnp.asarray(mask))), want)
+
+
+def test_flat_and_broad_rows_take_the_histogram_path_and_crowded_bins_fall_back():
+    """The top-p search over one histogram bin (`_edge_bin`) must serve the rows it is for (flat and
+    broad logits over 262,144 ids, whose nucleus is thousands of ids), or the reference test above
+    only checks the all-ids fallback; exactly tied logits crowd a bin past the candidate groups and
+    must report that they cannot use it."""
+    from specjax.sampling import _edge_bin, _ordered
+
+    rng = np.random.default_rng(3)
+    V = 262144
+    shapes = {"flat": rng.normal(size=(4, V)) * 1e-3, "broad": rng.normal(size=(4, V)) * 3.0,
+              "ties": rng.integers(-2, 3, size=(4, V)).astype(np.float64)}
+    for name, values in shapes.items():
+        x = jnp.asarray(values, jnp.float32)
+        probs = jax.nn.softmax(x, axis=-1)
+        p = jnp.asarray([[0.1], [0.5], [0.9], [0.999]], jnp.float32)
+        q = jnp.asarray(1.0 - np.array([[0.1], [0.5], [0.9], [0.999]]), jnp.float32)
+        *_, ok = jax.jit(_edge_bin)(x, _ordered(x), probs, p, q, p > 0.5)
+        assert np.asarray(ok).all() == (name != "ties"), f"{name}: histogram path used by rows {np.asarray(ok).ravel()}"
