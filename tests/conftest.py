@@ -39,17 +39,16 @@ REAL_MODEL_FILES = ("test_real_models.py", "test_tokenizer.py")
 
 
 # Seconds each scheduling unit took in a fresh run (`pytest -n 2 --durations=0`, empty compile cache,
-# this 2-core machine, 2026-11-26): units are handed out longest first, so that the two workers finish
+# this 2-core machine, 2026-11-27, with the Makefile's XLA flags): units are handed out longest first, so that the two workers finish
 # together (ordering by number of tests left ~50 s of one worker idle at the end). A file not listed
 # counts 3 s per test.
 UNIT_SECONDS = {
-    "tests/test_distribution.py": 260, "tests/test_loop.py": 144, "tests/test_sharding.py": 104,
-    "tests/test_cli.py": 126, "tests/test_distill.py": 114, "tests/test_spec_real.py": 107,
-    "tests/test_sampler.py": 102, "tests/test_policy.py": 81, "tests/test_eagle.py": 71, "tests/test_models.py": 59,
-    "tests/test_lm.py": 53, "tests/test_drafters.py": 45, "real-models": 44, "tests/test_sampling.py": 26,
-    "tests/test_convert.py": 25, "tests/test_validate.py": 23, "tests/test_rejection.py": 21,
-    "tests/test_examples.py": 14, "tests/test_gguf.py": 13, "tests/test_report.py": 10, "tests/test_registry.py": 6,
-    "tests/test_cache.py": 2, "tests/test_bench.py": 1, "tests/test_metrics.py": 1,
+    "tests/test_distribution.py": 142, "tests/test_spec_real.py": 107, "tests/test_loop.py": 83,
+    "tests/test_distill.py": 66, "tests/test_sampler.py": 64, "tests/test_cli.py": 56, "tests/test_sharding.py": 54,
+    "tests/test_policy.py": 40, "real-models": 36, "tests/test_eagle.py": 33, "tests/test_lm.py": 29,
+    "tests/test_models.py": 27, "tests/test_drafters.py": 20, "tests/test_convert.py": 18, "tests/test_sampling.py": 17,
+    "tests/test_rejection.py": 11, "tests/test_validate.py": 10, "tests/test_examples.py": 7, "tests/test_gguf.py": 6,
+    "tests/test_report.py": 6, "tests/test_registry.py": 2, "tests/test_cache.py": 2, "tests/test_bench.py": 1,
 }
 
 
