@@ -138,6 +138,14 @@ CAND_WIDTH = 128  # ids per block of the candidate search
 CAND_BLOCKS = 128  # blocks (those with the largest maxima) the fast paths search
 
 
+def _in_groups(v):
+    """[..., V] -> [..., CAND_WIDTH, nb]: group g (column g) holds ids g, g + nb, g + 2 nb, ...; the
+    padding ids are 0."""
+    V = v.shape[-1]
+    nb = -(-V // CAND_WIDTH)
+    return jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, nb * CAND_WIDTH - V)]).reshape(v.shape[:-1] + (CAND_WIDTH, nb))
+
+
 def _candidate_blocks(key, n: int):
     """The n groups of CAND_WIDTH ids whose largest keys are the largest, and the largest key outside
     them. Group g holds ids g, g + nb, g + 2 nb, ... (strided, so the group maxima are an elementwise
@@ -147,9 +155,8 @@ def _candidate_blocks(key, n: int):
 
     The n-th largest group maximum tau is found by the same bisection (over nb values); the groups
     above it, then those equal to it in id order, make up n, whose ids a small scatter lists."""
-    V = key.shape[-1]
-    nb = -(-V // CAND_WIDTH)
-    kb = jnp.pad(key, [(0, 0)] * (key.ndim - 1) + [(0, nb * CAND_WIDTH - V)]).reshape(key.shape[:-1] + (CAND_WIDTH, nb))
+    kb = _in_groups(key)
+    nb = kb.shape[-1]
     gmax = jnp.max(kb, axis=-2)  # [..., nb]
     tau = _largest_key(lambda t: jnp.sum(gmax >= t, axis=-1, keepdims=True) >= n, gmax.shape[:-1] + (1,))
     above = gmax > tau
@@ -237,11 +244,11 @@ def _top_p_mask(logits_v, s: RowSampling):
     on = p < 1.0
     tail = p > 0.5
 
-    def edge_of(keys, probs, base, head_base=0.0):  # the largest T with M(T) >= p
+    def edge_of(keys, probs, tail_base=0.0, head_base=0.0):  # the largest T with M(T) >= p
         def reaches(t):  # M(T) >= p, from the head or (p > 1/2) from the tail; bases: mass outside `keys`
             side = (keys > t) != tail  # the tail side is key <= t
             mass = jnp.sum(jnp.where(side, probs, 0.0), axis=-1, keepdims=True)
-            return jnp.where(tail, base + mass <= q, head_base + mass >= p)
+            return jnp.where(tail, tail_base + mass <= q, head_base + mass >= p)
 
         return _largest_key(reaches, keys.shape[:-1] + (1,))
 
@@ -249,11 +256,10 @@ def _top_p_mask(logits_v, s: RowSampling):
         key = _ordered(x)
         probs = jnp.exp(x - jax.nn.logsumexp(x, axis=-1, keepdims=True))
         if not _use_candidates(V):
-            edge = edge_of(key, probs, 0.0)
+            edge = edge_of(key, probs)
         else:
             ids, outside, kb, chosen = _candidate_blocks(key, CAND_BLOCKS)
-            nb = kb.shape[-1]
-            pb = jnp.pad(probs, [(0, 0)] * (probs.ndim - 1) + [(0, nb * CAND_WIDTH - V)]).reshape(kb.shape)
+            pb = _in_groups(probs)
             out_mass = jnp.sum(jnp.where(chosen, 0.0, jnp.sum(pb, axis=-2)), axis=-1, keepdims=True)
             ck, cp = _gather_blocks(kb, ids), _gather_blocks(pb, ids)
             above = jnp.sum(jnp.where(ck > outside, cp, 0.0), axis=-1, keepdims=True)  # M(m)
@@ -264,10 +270,10 @@ def _top_p_mask(logits_v, s: RowSampling):
                 return edge_of(ck, cp, out_mass)
 
             def binned():  # rows whose nucleus is not in the blocks: their edge's bin, else all V ids
-                hk, hp, head_base, tail_base, ok = _edge_bin(x, key, probs, p, q, tail)
+                hk, hp, head_base, tail_base, ok = _edge_bin(x, key, probs, pb, p, q, tail)
                 either = jnp.where(fits, jax.lax.cond(jnp.any(on & fits), fast, lambda: jnp.zeros_like(ok, jnp.uint32)),
                                    edge_of(hk, hp, tail_base, head_base))
-                return _or_full(on, fits | ok, either, lambda: edge_of(key, probs, 0.0))
+                return _or_full(on, fits | ok, either, lambda: edge_of(key, probs))
 
             edge = jax.lax.cond(jnp.any(on & ~fits), binned, fast)
         return jnp.where(on & (key <= edge), -jnp.inf, x)
@@ -279,10 +285,11 @@ EDGE_BINS = 16384  # value bins of the histogram that locates a row's top-p edge
 EDGE_GROUPS = 128  # candidate groups (of CAND_WIDTH ids) that must hold the edge bin's ids
 
 
-def _edge_bin(x, key, probs, p, q, tail):
+def _edge_bin(x, key, probs, pb, p, q, tail):
     """The ids of the histogram bin holding each row's top-p edge, gathered through the candidate
     blocks, for a bisection over a few thousand ids instead of all V (flat and broad rows, whose
-    nucleus is thousands of ids). -> (keys, probs [..., CAND_WIDTH * CAND_BLOCKS]: the bin's ids,
+    nucleus is thousands of ids). pb: probs in the candidate groups' layout [..., CAND_WIDTH, nb].
+    -> (keys, probs [..., CAND_WIDTH * EDGE_GROUPS]: the bin's ids,
     others key 0 and mass 0; head base: the mass above the bin; tail base: the mass below it;
     ok [..., 1]: the answer is exact for this row).
 
@@ -293,7 +300,7 @@ def _edge_bin(x, key, probs, p, q, tail):
     below p and the edge T lies between its smallest key - 1 and its largest; tail: the first bin
     whose prefix mass exceeds q). For T in that range M(T) is the mass above the bin plus the bin's
     ids above T (the tail alike), which the bisection over the gathered ids computes. The bin's ids
-    reach the candidate blocks when at most CAND_BLOCKS groups hold them (`outside` is 0); rows where
+    reach the candidate blocks when at most EDGE_GROUPS groups hold them (`outside` is 0); rows where
     they do not, or whose bins cannot be formed (min = max, an overflowing range), are not ok."""
     finite = jnp.isfinite(x)
     lo = jnp.min(jnp.where(finite, x, jnp.inf), axis=-1, keepdims=True)
@@ -314,13 +321,11 @@ def _edge_bin(x, key, probs, p, q, tail):
     edge_bin = jnp.where(tail, tail_bin, head_bin)
     found = (edge_bin >= 0) & (edge_bin < EDGE_BINS)
     at = jnp.clip(edge_bin, 0, EDGE_BINS - 1)
-    head_base = jnp.where(at + 1 < EDGE_BINS,
-                          jnp.take_along_axis(suffix, jnp.minimum(at + 1, EDGE_BINS - 1), axis=-1), 0.0)
-    tail_base = jnp.where(at > 0, jnp.take_along_axis(prefix, jnp.maximum(at - 1, 0), axis=-1), 0.0)
+    none = [(0, 0)] * (mass.ndim - 1)
+    head_base = jnp.take_along_axis(jnp.pad(suffix, none + [(0, 1)]), at + 1, axis=-1)  # bins above `at`
+    tail_base = jnp.take_along_axis(jnp.pad(prefix, none + [(1, 0)]), at, axis=-1)  # bins below `at`
     inside = finite & (b == at)
     ids, outside, sb, _ = _candidate_blocks(jnp.where(inside, key, jnp.uint32(0)), EDGE_GROUPS)
-    V = x.shape[-1]
-    pb = jnp.pad(probs, [(0, 0)] * (x.ndim - 1) + [(0, sb.shape[-1] * CAND_WIDTH - V)]).reshape(sb.shape)
     hk = _gather_blocks(sb, ids)
     hp = jnp.where(hk > 0, _gather_blocks(pb, ids), 0.0)  # key 0: not in the bin (every number's key is above)
     # The bisection's predicate at either end of the bin, as it computes them: true below the bin's

@@ -39,9 +39,9 @@ REAL_MODEL_FILES = ("test_real_models.py", "test_tokenizer.py")
 
 
 # Seconds each scheduling unit took in a fresh run (`pytest -n 2 --durations=0`, empty compile cache,
-# this 2-core machine, 2026-11-27, with the Makefile's XLA flags): units are handed out longest first, so that the two workers finish
-# together (ordering by number of tests left ~50 s of one worker idle at the end). A file not listed
-# counts 3 s per test.
+# this 2-core machine, 2026-11-27, the Makefile's XLA flags): units are handed out longest first, so
+# that the two workers finish together (ordering by number of tests left ~50 s of one worker idle at
+# the end). A file not listed counts 3 s per test.
 UNIT_SECONDS = {
     "tests/test_distribution.py": 142, "tests/test_spec_real.py": 107, "tests/test_loop.py": 83,
     "tests/test_distill.py": 66, "tests/test_sampler.py": 64, "tests/test_cli.py": 56, "tests/test_sharding.py": 54,

@@ -266,7 +266,7 @@ def test_flat_and_broad_rows_take_the_histogram_path_and_crowded_bins_fall_back(
     broad logits over 262,144 ids, whose nucleus is thousands of ids), or the reference test above
     only checks the all-ids fallback; exactly tied logits crowd a bin past the candidate groups and
     must report that they cannot use it."""
-    from specjax.sampling import _edge_bin, _ordered
+    from specjax.sampling import _edge_bin, _in_groups, _ordered
 
     rng = np.random.default_rng(3)
     V = 262144
@@ -277,5 +277,5 @@ def test_flat_and_broad_rows_take_the_histogram_path_and_crowded_bins_fall_back(
         probs = jax.nn.softmax(x, axis=-1)
         p = jnp.asarray([[0.1], [0.5], [0.9], [0.999]], jnp.float32)
         q = jnp.asarray(1.0 - np.array([[0.1], [0.5], [0.9], [0.999]]), jnp.float32)
-        *_, ok = jax.jit(_edge_bin)(x, _ordered(x), probs, p, q, p > 0.5)
+        *_, ok = jax.jit(_edge_bin)(x, _ordered(x), probs, _in_groups(probs), p, q, p > 0.5)
         assert np.asarray(ok).all() == (name != "ties"), f"{name}: histogram path used by rows {np.asarray(ok).ravel()}"
