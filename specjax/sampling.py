@@ -134,6 +134,32 @@ def _largest_key(pred, shape) -> jax.Array:
     return jax.lax.fori_loop(0, 32, step, jnp.zeros(shape, jnp.uint32))
 
 
+def _largest_key_from(pred, lo, span) -> jax.Array:
+    """The largest key T in [lo, lo + span] with pred(T) true, for pred true at lo and, above, true up
+    to some point and false after it (per position; lo, span uint32 [..., 1], lo + span no overflow):
+    bit by bit over the offset T - lo, as many steps as the widest span has bits (often far fewer than 32)."""
+    bits = 32 - jax.lax.clz(jnp.max(span)).astype(jnp.int32)
+
+    def step(i, d):
+        candidate = d | (jnp.uint32(1) << (bits - 1 - i).astype(jnp.uint32))
+        return jnp.where((candidate <= span) & pred(lo + candidate), candidate, d)
+
+    return lo + jax.lax.fori_loop(0, bits, step, jnp.zeros(lo.shape, jnp.uint32))
+
+
+def _cumsum(x: jax.Array) -> jax.Array:
+    """Running sum over the last axis, in two levels when its length is a square multiple of 128
+    (running sums within rows of 128, then over the row totals): XLA's CPU cumsum over 16,384
+    values costs ~0.5 ms, the two levels a tenth of that."""
+    n = x.shape[-1]
+    if n % 128 or n <= 128:
+        return jnp.cumsum(x, axis=-1)
+    inner = jnp.cumsum(x.reshape(x.shape[:-1] + (n // 128, 128)), axis=-1)
+    totals = jnp.cumsum(inner[..., -1], axis=-1)
+    before = jnp.pad(totals[..., :-1], [(0, 0)] * (totals.ndim - 1) + [(1, 0)])
+    return (inner + before[..., None]).reshape(x.shape)
+
+
 CAND_WIDTH = 128  # ids per block of the candidate search
 CAND_BLOCKS = 128  # blocks (those with the largest maxima) the fast paths search
 
@@ -244,17 +270,21 @@ def _top_p_mask(logits_v, s: RowSampling):
     on = p < 1.0
     tail = p > 0.5
 
-    def edge_of(keys, probs, tail_base=0.0, head_base=0.0):  # the largest T with M(T) >= p
+    def edge_of(keys, probs, tail_base=0.0, head_base=0.0, start=None, span=None):  # the largest T with M(T) >= p
         def reaches(t):  # M(T) >= p, from the head or (p > 1/2) from the tail; bases: mass outside `keys`
             side = (keys > t) != tail  # the tail side is key <= t
             mass = jnp.sum(jnp.where(side, probs, 0.0), axis=-1, keepdims=True)
             return jnp.where(tail, tail_base + mass <= q, head_base + mass >= p)
 
-        return _largest_key(reaches, keys.shape[:-1] + (1,))
+        if start is None:
+            return _largest_key(reaches, keys.shape[:-1] + (1,))
+        return _largest_key_from(reaches, start, span)
 
     def apply(x):
         key = _ordered(x)
-        probs = jnp.exp(x - jax.nn.logsumexp(x, axis=-1, keepdims=True))
+        top = jnp.max(x, axis=-1, keepdims=True)
+        e = jnp.exp(x - jnp.where(jnp.isfinite(top), top, 0.0))  # one exp pass (logsumexp then exp took two)
+        probs = e / jnp.sum(e, axis=-1, keepdims=True)
         if not _use_candidates(V):
             edge = edge_of(key, probs)
         else:
@@ -270,9 +300,9 @@ def _top_p_mask(logits_v, s: RowSampling):
                 return edge_of(ck, cp, out_mass)
 
             def binned():  # rows whose nucleus is not in the blocks: their edge's bin, else all V ids
-                hk, hp, head_base, tail_base, ok = _edge_bin(x, key, probs, pb, p, q, tail)
+                hk, hp, head_base, tail_base, start, span, ok = _edge_bin(x, key, probs, pb, p, q, tail)
                 either = jnp.where(fits, jax.lax.cond(jnp.any(on & fits), fast, lambda: jnp.zeros_like(ok, jnp.uint32)),
-                                   edge_of(hk, hp, tail_base, head_base))
+                                   edge_of(hk, hp, tail_base, head_base, start, span))
                 return _or_full(on, fits | ok, either, lambda: edge_of(key, probs))
 
             edge = jax.lax.cond(jnp.any(on & ~fits), binned, fast)
@@ -287,11 +317,11 @@ EDGE_GROUPS = 128  # candidate groups (of CAND_WIDTH ids) that must hold the edg
 
 def _edge_bin(x, key, probs, pb, p, q, tail):
     """The ids of the histogram bin holding each row's top-p edge, gathered through the candidate
-    blocks, for a bisection over a few thousand ids instead of all V (flat and broad rows, whose
+    groups, for a bisection over a few dozen ids instead of all V (flat and broad rows, whose
     nucleus is thousands of ids). pb: probs in the candidate groups' layout [..., CAND_WIDTH, nb].
-    -> (keys, probs [..., CAND_WIDTH * EDGE_GROUPS]: the bin's ids,
-    others key 0 and mass 0; head base: the mass above the bin; tail base: the mass below it;
-    ok [..., 1]: the answer is exact for this row).
+    -> (keys, probs [..., CAND_WIDTH * EDGE_GROUPS]: the bin's ids, others key 0 and mass 0;
+    head base: the mass above the bin; tail base: the mass below it; lo, span [..., 1]: the edge is
+    a key in [lo, lo + span]; ok [..., 1]: the answer is exact for this row).
 
     Bins: b(x) = floor((x - min) * (EDGE_BINS - 1) / (max - min)) over the finite logits. Each float
     operation is monotone, so b is non-decreasing in x: every bin is an interval of the key order and
@@ -300,8 +330,8 @@ def _edge_bin(x, key, probs, pb, p, q, tail):
     below p and the edge T lies between its smallest key - 1 and its largest; tail: the first bin
     whose prefix mass exceeds q). For T in that range M(T) is the mass above the bin plus the bin's
     ids above T (the tail alike), which the bisection over the gathered ids computes. The bin's ids
-    reach the candidate blocks when at most EDGE_GROUPS groups hold them (`outside` is 0); rows where
-    they do not, or whose bins cannot be formed (min = max, an overflowing range), are not ok."""
+    reach the candidate groups when at most EDGE_GROUPS groups hold them; rows where they do not, or
+    whose bins cannot be formed (min = max, an overflowing range), are not ok."""
     finite = jnp.isfinite(x)
     lo = jnp.min(jnp.where(finite, x, jnp.inf), axis=-1, keepdims=True)
     hi = jnp.max(jnp.where(finite, x, -jnp.inf), axis=-1, keepdims=True)
@@ -314,26 +344,63 @@ def _edge_bin(x, key, probs, pb, p, q, tail):
     flat_bins = (rows + (jnp.arange(rows.shape[0], dtype=jnp.int32) * EDGE_BINS)[:, None]).reshape(-1)
     mass = jnp.zeros(rows.shape[0] * EDGE_BINS, jnp.float32).at[flat_bins].add(probs.reshape(-1))
     mass = mass.reshape(b.shape[:-1] + (EDGE_BINS,))
-    suffix = jnp.flip(jnp.cumsum(jnp.flip(mass, -1), axis=-1), -1)  # mass of bins >= b
-    prefix = jnp.cumsum(mass, axis=-1)  # mass of bins <= b
-    head_bin = jnp.sum(suffix >= p, axis=-1, keepdims=True) - 1
-    tail_bin = jnp.sum(prefix <= q, axis=-1, keepdims=True)
-    edge_bin = jnp.where(tail, tail_bin, head_bin)
-    found = (edge_bin >= 0) & (edge_bin < EDGE_BINS)
-    at = jnp.clip(edge_bin, 0, EDGE_BINS - 1)
-    none = [(0, 0)] * (mass.ndim - 1)
-    head_base = jnp.take_along_axis(jnp.pad(suffix, none + [(0, 1)]), at + 1, axis=-1)  # bins above `at`
-    tail_base = jnp.take_along_axis(jnp.pad(prefix, none + [(1, 0)]), at, axis=-1)  # bins below `at`
-    inside = finite & (b == at)
-    ids, outside, sb, _ = _candidate_blocks(jnp.where(inside, key, jnp.uint32(0)), EDGE_GROUPS)
-    hk = _gather_blocks(sb, ids)
+    at, head_base, tail_base, found = _crossing(mass, p, q, tail)
+    inside = _in_groups(finite & (b == at))  # [..., CAND_WIDTH, nb]
+    ids, fits = _groups_holding(jnp.any(inside, axis=-2), EDGE_GROUPS)
+    hk = _gather_blocks(jnp.where(inside, _in_groups(key), jnp.uint32(0)), ids)
     hp = jnp.where(hk > 0, _gather_blocks(pb, ids), 0.0)  # key 0: not in the bin (every number's key is above)
     # The bisection's predicate at either end of the bin, as it computes them: true below the bin's
     # keys and false at its largest key, so the edge it returns lies in the bin whatever the rounding.
     inner = jnp.sum(hp, axis=-1, keepdims=True)
     brackets = jnp.where(tail, (tail_base <= q) & (tail_base + inner > q), (head_base < p) & (head_base + inner >= p))
-    ok = formed & found & (outside == 0) & brackets
-    return hk, hp, head_base, tail_base, ok
+    smallest = jnp.min(jnp.where(hk > 0, hk, jnp.uint32(0xFFFFFFFF)), axis=-1, keepdims=True)
+    largest = jnp.max(hk, axis=-1, keepdims=True)
+    ok = formed & found & fits & brackets & (largest >= smallest)
+    start = jnp.where(ok, smallest - 1, 0)  # smallest >= 1: every number's key is
+    return hk, hp, head_base, tail_base, start, jnp.where(ok, largest - 1 - start, 0), ok
+
+
+def _crossing(mass, p, q, tail):
+    """Where the running mass over the bins crosses p: head, the last bin whose suffix mass (bins at
+    or above it) reaches p; tail, the first bin whose prefix mass exceeds q. In two levels (bins in
+    blocks of 128: the block, then the bin inside it), so only running sums over 128 values are taken
+    (XLA's CPU cumsum over all 16,384 bins costs ~0.6 ms). mass [..., nbins] ->
+    (bin [..., 1], head base: the mass of the bins above it, tail base: of those below it, found [..., 1])."""
+    n = mass.shape[-1]
+    w = 128 if n % 128 == 0 else n
+    blocks = mass.reshape(mass.shape[:-1] + (n // w, w))
+    totals = jnp.sum(blocks, axis=-1)  # [..., n // w]
+    suffix_t = jnp.flip(jnp.cumsum(jnp.flip(totals, -1), axis=-1), -1)  # blocks >= j
+    prefix_t = jnp.cumsum(totals, axis=-1)  # blocks <= j
+    block = jnp.where(tail, jnp.sum(prefix_t <= q, axis=-1, keepdims=True),
+                      jnp.sum(suffix_t >= p, axis=-1, keepdims=True) - 1)
+    at_block = jnp.clip(block, 0, n // w - 1)
+    none = [(0, 0)] * (totals.ndim - 1)
+    above_block = jnp.take_along_axis(jnp.pad(suffix_t, none + [(0, 1)]), at_block + 1, axis=-1)
+    below_block = jnp.take_along_axis(jnp.pad(prefix_t, none + [(1, 0)]), at_block, axis=-1)
+    inner = jnp.take_along_axis(blocks, at_block[..., None], axis=-2)[..., 0, :]  # [..., w]
+    suffix = above_block + jnp.flip(jnp.cumsum(jnp.flip(inner, -1), axis=-1), -1)  # bins >= b
+    prefix = below_block + jnp.cumsum(inner, axis=-1)  # bins <= b
+    within = jnp.where(tail, jnp.sum(prefix <= q, axis=-1, keepdims=True),
+                       jnp.sum(suffix >= p, axis=-1, keepdims=True) - 1)
+    found = (block >= 0) & (block < n // w) & (within >= 0) & (within < w)
+    i = jnp.clip(within, 0, w - 1)
+    head_base = jnp.take_along_axis(jnp.pad(suffix, none + [(0, 1)]), i + 1, axis=-1)
+    head_base = jnp.where(i + 1 < w, head_base, above_block)
+    tail_base = jnp.take_along_axis(jnp.pad(prefix, none + [(1, 0)]), i, axis=-1)
+    tail_base = jnp.where(i > 0, tail_base, below_block)
+    return at_block * w + i, head_base, tail_base, found
+
+
+def _groups_holding(has, n: int):
+    """The first n groups (in id order) with has [..., nb] true -> (group ids [..., n], fits [..., 1]:
+    no group with has true was left out). Unused slots name group 0, whose ids the caller masks."""
+    nb = has.shape[-1]
+    count = _cumsum(has.astype(jnp.int32))
+    slot = jnp.where(has & (count <= n), count - 1, n)  # n: a dropped write
+    rows = slot.reshape(-1, nb)
+    ids = jax.vmap(lambda sl: jnp.zeros((n + 1,), jnp.int32).at[sl].set(jnp.arange(nb, dtype=jnp.int32)))(rows)
+    return ids[:, :n].reshape(has.shape[:-1] + (n,)), count[..., -1:] <= n
 
 
 def _min_p_mask(logits_v, s: RowSampling):
@@ -362,12 +429,16 @@ def warp_logits(logits_v: jax.Array, s: SamplingConfig | RowSampling, vocab_size
 def warp(logits_v: jax.Array, s: SamplingConfig | RowSampling, vocab_size: int | None = None) -> jax.Array:
     """Probabilities [..., V] of the warped distribution (a one-hot argmax for greedy rows)."""
     s = rows(s)
-    point_v = jax.nn.one_hot(greedy(logits_v, vocab_size), logits_v.shape[-1], dtype=jnp.float32)
+
+    def point(x):
+        return jax.nn.one_hot(greedy(x, vocab_size), x.shape[-1], dtype=jnp.float32)
 
     def sampled(x):
-        return jnp.where(_per_row(s.greedy, x), point_v, jax.nn.softmax(warp_logits(x, s, vocab_size), axis=-1))
+        probs = jax.nn.softmax(warp_logits(x, s, vocab_size), axis=-1)
+        # The argmax only when some row is greedy: it costs as much as the softmax over a large vocabulary.
+        return jax.lax.cond(jnp.any(s.greedy), lambda: jnp.where(_per_row(s.greedy, x), point(x), probs), lambda: probs)
 
-    return jax.lax.cond(jnp.all(s.greedy), lambda x: point_v, sampled, logits_v)
+    return jax.lax.cond(jnp.all(s.greedy), point, sampled, logits_v)
 
 
 def argmax(x: jax.Array) -> jax.Array:
@@ -445,13 +516,13 @@ def sample(keys, logits_v: jax.Array, s: SamplingConfig | RowSampling, vocab_siz
     """Draw ids [B, ...] from the warped distribution of logits [B, ..., V] (the argmax for greedy
     rows) by inverse CDF: one uniform per draw, from each row's key (or all from one key)."""
     s = rows(s)
-    ids = greedy(logits_v, vocab_size)
 
     def sampled(x):
         drawn = inverse_cdf(_draw_uniforms(keys, x.shape[:-1]), jax.nn.softmax(warp_logits(x, s, vocab_size), axis=-1))
-        return jnp.where(_per_row(s.greedy, drawn), ids, drawn)
+        return jax.lax.cond(jnp.any(s.greedy), lambda: jnp.where(_per_row(s.greedy, drawn), greedy(x, vocab_size), drawn),
+                            lambda: drawn)
 
-    return jax.lax.cond(jnp.all(s.greedy), lambda x: ids, sampled, logits_v)
+    return jax.lax.cond(jnp.all(s.greedy), lambda x: greedy(x, vocab_size), sampled, logits_v)
 
 
 def sample_probs(keys, probs_v: jax.Array) -> jax.Array:
