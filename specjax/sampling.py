@@ -113,14 +113,20 @@ def _ordered(x: jax.Array) -> jax.Array:
     return jnp.where((u >> 31) == 1, ~u, u | jnp.uint32(0x80000000))
 
 
-def _row_sum(x: jax.Array) -> jax.Array:
-    """Sum over the last axis, keepdims: halved by elementwise adds while the length is even and above
-    256, then one reduction. XLA's CPU backend vectorises the adds (a pass costs ~30% less than
-    one long reduction over 262,144 ids) and the pairwise order rounds less."""
+def _row_reduce(x: jax.Array, op, reduce) -> jax.Array:
+    """Reduce over the last axis, keepdims: halved by elementwise `op` while the length is even and
+    above 256, then one `reduce`. XLA's CPU backend vectorises the elementwise steps and fuses the
+    input's producer into the first (a plain reduction reads a materialised copy of it: a select
+    before a min cost ~0.5 ms over [5, 262,144]); for sums the pairwise order also rounds less."""
     while x.shape[-1] > 256 and x.shape[-1] % 2 == 0:
         half = x.shape[-1] // 2
-        x = x[..., :half] + x[..., half:]
-    return jnp.sum(x, axis=-1, keepdims=True)
+        x = op(x[..., :half], x[..., half:])
+    return reduce(x, axis=-1, keepdims=True)
+
+
+def _row_sum(x: jax.Array) -> jax.Array:
+    """Sum over the last axis, keepdims (`_row_reduce`)."""
+    return _row_reduce(x, jnp.add, jnp.sum)
 
 
 def _largest_key(pred, shape) -> jax.Array:
@@ -243,30 +249,28 @@ def _top_k_mask(logits_v, s: RowSampling):
     return jax.lax.cond(jnp.any(on), apply, lambda x: x, logits_v)
 
 
-def _top_p_mask(logits_v, s: RowSampling):
-    """Keep the smallest set of highest-probability ids whose mass reaches p (ties at the edge kept):
-    id i is kept iff the mass of the ids strictly above it is below p. Rows with p = 1 untouched.
+def _top_p_edge(x, top, e, s: RowSampling):
+    """Per row, the key at or below which top-p drops ids (0: none; every number's key is above 0):
+    keep the smallest set of highest-probability ids whose mass reaches p (ties at the edge kept), i.e.
+    id i is kept iff the mass of the ids strictly above it is below p. Rows with p = 1 untouched. x:
+    logits [..., V] (-inf: excluded); top: their max; e = exp(x - top), the unnormalised probabilities.
 
     No sort: the mass above a key T, M(T), falls as T rises, so the largest T with M(T) >= p (the
-    edge) is found by bisection over the ordered bit patterns (32 masked sums), and exactly the ids
+    edge) is found by bisection over the ordered bit patterns (masked sums), and exactly the ids
     above it are kept (in exact arithmetic the set a sorted cumulative sum gives). For p > 1/2 the
     same T is found from the other side, as the largest T whose tail mass (ids at or below T) is at
     most q = 1 - p: a float32 sum of the small tail resolves steps of its size where a sum near 1
     cannot (with p = 0.999 over 262,144 ids the tail's ids carry ~1e-9 each, below float32's
     resolution at 1), and q is formed in float64 on the host (`RowSampling.top_q`).
 
-    Fast path: with m the largest key outside the CAND_BLOCKS blocks of largest maxima, every id
-    above m is in those blocks, so for T >= m the masses over the blocks (plus, for the tail, the
-    whole mass outside them) are M(T) exactly. When M(m) >= p the edge is >= m, and the bisection
-    runs over the blocks alone; that holds whenever the nucleus sits in the ~CAND_BLOCKS most likely
-    ids (peaked distributions). Other rows (flat and broad ones, whose nucleus is thousands of ids):
-    a histogram of the mass over value bins (`_edge_bin`) finds the bin the edge lies in, and the
-    bisection runs over that bin's ids alone (gathered through EDGE_GROUPS candidate groups) with the
-    mass above (or below) the bin as its base: ~30 ids for a flat row at V = 262,144. Rows whose edge
-    bin is too crowded for the groups (many exactly tied logits) search all V ids."""
-    V = logits_v.shape[-1]
-    p = _per_row(jnp.where(s.greedy, 1.0, s.top_p), logits_v)
-    q = _per_row(jnp.asarray(s.top_q, jnp.float32), logits_v)
+    Over a large vocabulary the bisection does not read all V ids: a histogram of the mass over value
+    bins (`_edge_bin`) finds the bin the edge lies in, and the bisection runs over that bin's ids
+    alone (gathered through EDGE_GROUPS groups of ids), with the mass above (or below) the bin as its
+    base: one id or a few on a peaked row, ~30-60 on a flat one at V = 262,144. Rows whose edge bin is
+    too crowded for the groups (many exactly tied logits) search all V ids."""
+    V = x.shape[-1]
+    p = _per_row(jnp.where(s.greedy, 1.0, s.top_p), x)
+    q = _per_row(jnp.asarray(s.top_q, jnp.float32), x)
     on = p < 1.0
     tail = p > 0.5
 
@@ -280,84 +284,85 @@ def _top_p_mask(logits_v, s: RowSampling):
             return _largest_key(reaches, keys.shape[:-1] + (1,))
         return _largest_key_from(reaches, start, span)
 
-    def apply(x):
-        key = _ordered(x)
-        top = jnp.max(x, axis=-1, keepdims=True)
-        e = jnp.exp(x - jnp.where(jnp.isfinite(top), top, 0.0))  # one exp pass (logsumexp then exp took two)
-        probs = e / jnp.sum(e, axis=-1, keepdims=True)
+    def search():
+        total = jnp.sum(e, axis=-1, keepdims=True)
         if not _use_candidates(V):
-            edge = edge_of(key, probs)
+            edge = edge_of(_ordered(x), e / total)
         else:
-            ids, outside, kb, chosen = _candidate_blocks(key, CAND_BLOCKS)
-            pb = _in_groups(probs)
-            out_mass = jnp.sum(jnp.where(chosen, 0.0, jnp.sum(pb, axis=-2)), axis=-1, keepdims=True)
-            ck, cp = _gather_blocks(kb, ids), _gather_blocks(pb, ids)
-            above = jnp.sum(jnp.where(ck > outside, cp, 0.0), axis=-1, keepdims=True)  # M(m)
-            below = jnp.sum(jnp.where(ck <= outside, cp, 0.0), axis=-1, keepdims=True)
-            fits = jnp.where(tail, out_mass + below <= q, above >= p)
+            hk, hp, head_base, tail_base, start, span, ok = _edge_bin(x, top, e, total, p, q, tail)
+            edge = _or_full(on, ok, edge_of(hk, hp, tail_base, head_base, start, span),
+                            lambda: edge_of(_ordered(x), e / total))
+        return jnp.where(on, edge, 0)
 
-            def fast():
-                return edge_of(ck, cp, out_mass)
-
-            def binned():  # rows whose nucleus is not in the blocks: their edge's bin, else all V ids
-                hk, hp, head_base, tail_base, start, span, ok = _edge_bin(x, key, probs, pb, p, q, tail)
-                either = jnp.where(fits, jax.lax.cond(jnp.any(on & fits), fast, lambda: jnp.zeros_like(ok, jnp.uint32)),
-                                   edge_of(hk, hp, tail_base, head_base, start, span))
-                return _or_full(on, fits | ok, either, lambda: edge_of(key, probs))
-
-            edge = jax.lax.cond(jnp.any(on & ~fits), binned, fast)
-        return jnp.where(on & (key <= edge), -jnp.inf, x)
-
-    return jax.lax.cond(jnp.any(on), apply, lambda x: x, logits_v)
+    return jax.lax.cond(jnp.any(on), search, lambda: jnp.zeros(x.shape[:-1] + (1,), jnp.uint32))
 
 
-EDGE_BINS = 16384  # value bins of the histogram that locates a row's top-p edge
-EDGE_GROUPS = 128  # candidate groups (of CAND_WIDTH ids) that must hold the edge bin's ids
+EDGE_BINS = 32768  # value bins of the histogram that locates a row's top-p edge
+EDGE_GROUPS = 64  # candidate groups (of CAND_WIDTH ids) that must hold the edge bin's ids
 
 
-def _edge_bin(x, key, probs, pb, p, q, tail):
-    """The ids of the histogram bin holding each row's top-p edge, gathered through the candidate
-    groups, for a bisection over a few dozen ids instead of all V (flat and broad rows, whose
-    nucleus is thousands of ids). pb: probs in the candidate groups' layout [..., CAND_WIDTH, nb].
-    -> (keys, probs [..., CAND_WIDTH * EDGE_GROUPS]: the bin's ids, others key 0 and mass 0;
-    head base: the mass above the bin; tail base: the mass below it; lo, span [..., 1]: the edge is
-    a key in [lo, lo + span]; ok [..., 1]: the answer is exact for this row).
+def _edge_bin(x, top, e, total, p, q, tail):
+    """The ids of the histogram bin holding each row's top-p edge, gathered through candidate groups
+    of ids, for a bisection over a few dozen ids instead of all V. x: logits [..., V]; top: their
+    max; e = exp(x - top) and total its sum (the probabilities are e / total). -> (keys, probs
+    [..., CAND_WIDTH * EDGE_GROUPS]: the bin's ids, others key 0 and mass 0; head base: the mass above
+    the bin; tail base: the mass below it; start, span [..., 1]: the edge is a key in
+    [start, start + span]; ok [..., 1]: the answer is exact for this row).
 
-    Bins: b(x) = floor((x - min) * (EDGE_BINS - 1) / (max - min)) over the finite logits. Each float
-    operation is monotone, so b is non-decreasing in x: every bin is an interval of the key order and
-    ties share a bin. One scatter-add gives each bin's mass; suffix (head) or prefix (tail) sums find
-    the bin where M crosses p (head: the last bin whose suffix mass reaches p, so the mass above it is
-    below p and the edge T lies between its smallest key - 1 and its largest; tail: the first bin
-    whose prefix mass exceeds q). For T in that range M(T) is the mass above the bin plus the bin's
-    ids above T (the tail alike), which the bisection over the gathered ids computes. The bin's ids
-    reach the candidate groups when at most EDGE_GROUPS groups hold them; rows where they do not, or
-    whose bins cannot be formed (min = max, an overflowing range), are not ok."""
+    Bins: b(x) = floor((clip(x, min, max) - min) * (EDGE_BINS - 1) / (max - min)) over the finite
+    logits' range. Each float operation is monotone, so b is non-decreasing in x: every bin is an
+    interval of the key order and ties share a bin (-inf ids, of no mass, fall in bin 0 but are not
+    its ids). One scatter-add gives each bin's mass; `_crossing` finds the bin where M crosses p (head:
+    the last bin whose suffix mass reaches p, so the mass above it is below p and the edge T lies
+    between its smallest key - 1 and its largest; tail: the first bin whose prefix mass exceeds q).
+    For T in that range M(T) is the mass above the bin plus the bin's ids above T (the tail alike),
+    which the bisection over the gathered ids computes. The bin's ids are gathered when at most
+    EDGE_GROUPS groups hold them; rows where more do (many exactly tied logits), or whose bins cannot
+    be formed (min = max, an overflowing range), are not ok."""
     finite = jnp.isfinite(x)
-    lo = jnp.min(jnp.where(finite, x, jnp.inf), axis=-1, keepdims=True)
-    hi = jnp.max(jnp.where(finite, x, -jnp.inf), axis=-1, keepdims=True)
-    span = hi - lo
+    lo = _row_reduce(jnp.where(finite, x, jnp.inf), jnp.minimum, jnp.min)
+    span = top - lo
     formed = jnp.isfinite(span) & (span > 0)
+    lo, hi = jnp.where(formed, lo, 0.0), jnp.where(formed, top, 0.0)
     scale = jnp.where(formed, (EDGE_BINS - 1) / jnp.where(formed, span, 1.0), 0.0)
-    f = jnp.where(finite & formed, (x - lo) * scale, 0.0)
-    b = jnp.clip(f, 0, EDGE_BINS - 1).astype(jnp.int32)
-    rows = b.reshape(-1, b.shape[-1])
-    flat_bins = (rows + (jnp.arange(rows.shape[0], dtype=jnp.int32) * EDGE_BINS)[:, None]).reshape(-1)
-    mass = jnp.zeros(rows.shape[0] * EDGE_BINS, jnp.float32).at[flat_bins].add(probs.reshape(-1))
-    mass = mass.reshape(b.shape[:-1] + (EDGE_BINS,))
+    b = jnp.clip(((jnp.clip(x, lo, hi) - lo) * scale).astype(jnp.int32), 0, EDGE_BINS - 1)  # (a NaN's bin too)
+    rows, er = b.reshape(-1, b.shape[-1]), e.reshape(-1, b.shape[-1])
+    hist = jnp.concatenate([_histogram(rows[c], er[c]) for c in _chunks(rows.shape[0], HIST_SCATTERS)])
+    mass = hist.reshape(b.shape[:-1] + (EDGE_BINS,)) / total
     at, head_base, tail_base, found = _crossing(mass, p, q, tail)
-    inside = _in_groups(finite & (b == at))  # [..., CAND_WIDTH, nb]
+    inside = _in_groups((b == at) & finite)  # [..., CAND_WIDTH, nb]
     ids, fits = _groups_holding(jnp.any(inside, axis=-2), EDGE_GROUPS)
-    hk = _gather_blocks(jnp.where(inside, _in_groups(key), jnp.uint32(0)), ids)
-    hp = jnp.where(hk > 0, _gather_blocks(pb, ids), 0.0)  # key 0: not in the bin (every number's key is above)
+    held = _gather_blocks(inside, ids)
+    hk = jnp.where(held, _ordered(_gather_blocks(_in_groups(x), ids)), jnp.uint32(0))
+    hp = jnp.where(held, _gather_blocks(_in_groups(e), ids) / total, 0.0)
     # The bisection's predicate at either end of the bin, as it computes them: true below the bin's
     # keys and false at its largest key, so the edge it returns lies in the bin whatever the rounding.
     inner = jnp.sum(hp, axis=-1, keepdims=True)
     brackets = jnp.where(tail, (tail_base <= q) & (tail_base + inner > q), (head_base < p) & (head_base + inner >= p))
-    smallest = jnp.min(jnp.where(hk > 0, hk, jnp.uint32(0xFFFFFFFF)), axis=-1, keepdims=True)
+    smallest = jnp.min(jnp.where(held, hk, jnp.uint32(0xFFFFFFFF)), axis=-1, keepdims=True)
     largest = jnp.max(hk, axis=-1, keepdims=True)
     ok = formed & found & fits & brackets & (largest >= smallest)
     start = jnp.where(ok, smallest - 1, 0)  # smallest >= 1: every number's key is
     return hk, hp, head_base, tail_base, start, jnp.where(ok, largest - 1 - start, 0), ok
+
+
+HIST_SCATTERS = 4  # independent scatter-adds the histogram's rows are split into (XLA may run them side by side)
+
+
+def _chunks(n: int, k: int) -> list[slice]:
+    """[0, n) in at most k contiguous slices of near-equal length."""
+    k = max(1, min(n, k))
+    bounds = [n * i // k for i in range(k + 1)]
+    return [slice(bounds[i], bounds[i + 1]) for i in range(k)]
+
+
+def _histogram(bins, weights):
+    """bins int32 [R, V] in [0, EDGE_BINS), weights [R, V] -> per-row sums of the weights by bin [R, EDGE_BINS]:
+    one scatter-add over the flattened rows (a vmapped one is slower on XLA's CPU backend)."""
+    R = bins.shape[0]
+    flat = (bins + (jnp.arange(R, dtype=jnp.int32) * EDGE_BINS)[:, None]).reshape(-1)
+    out = jnp.zeros(R * EDGE_BINS, jnp.float32).at[flat].add(weights.reshape(-1), mode="promise_in_bounds")
+    return out.reshape(R, EDGE_BINS)
 
 
 def _crossing(mass, p, q, tail):
@@ -403,27 +408,35 @@ def _groups_holding(has, n: int):
     return ids[:, :n].reshape(has.shape[:-1] + (n,)), count[..., -1:] <= n
 
 
-def _min_p_mask(logits_v, s: RowSampling):
-    """Keep the ids whose probability is at least min_p times the largest one's (the largest always
-    kept): exp(logit - max logit) >= min_p, the ratio being the same before and after renormalising.
-    Rows with min_p = 0 untouched."""
-    m = _per_row(jnp.where(s.greedy, 0.0, s.min_p), logits_v)
-    on = m > 0.0
+def _warped(logits_v: jax.Array, s: RowSampling, vocab_size: int | None):
+    """-> (logits after temperature and top-k [..., V], e = exp(logits - their max), keep [..., V] bool:
+    the ids top-p and min-p leave). Every filter keeps the largest logit, so that max is the max of
+    the warped logits too, and one exp pass serves top-p, min-p and the final normalisation.
 
-    def apply(x):
-        ratio = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
-        return jnp.where(on & (ratio < m), -jnp.inf, x)
-
-    return jax.lax.cond(jnp.any(on), apply, lambda x: x, logits_v)
+    Min-p keeps the ids whose probability is at least min_p times the largest one's (the largest
+    always kept): e >= min_p, the ratio being the same before and after renormalising. It commutes
+    with top-k (both keep an upper set of logits) and runs after top-p, whose kept set depends on
+    the mass it sees; rows with min_p = 0 untouched."""
+    x = mask_vocab(logits_v.astype(jnp.float32), vocab_size)
+    x = _top_k_mask(x / _per_row(jnp.where(s.greedy, 1.0, s.temperature), x), s)
+    top = jnp.max(x, axis=-1, keepdims=True)
+    e = jnp.exp(x - jnp.where(jnp.isfinite(top), top, 0.0))
+    edge = _top_p_edge(x, top, e, s)
+    min_p = _per_row(jnp.where(s.greedy, 0.0, s.min_p), x)
+    return x, e, (_ordered(x) > edge) & (e >= min_p)
 
 
 def warp_logits(logits_v: jax.Array, s: SamplingConfig | RowSampling, vocab_size: int | None = None) -> jax.Array:
     """Filtered, temperature-scaled logits (float32); -inf marks excluded ids. Greedy rows are
     scaled by 1 (use `warp` or `sample` for their point mass)."""
-    s = rows(s)
-    logits_v = mask_vocab(logits_v.astype(jnp.float32), vocab_size)
-    logits_v = logits_v / _per_row(jnp.where(s.greedy, 1.0, s.temperature), logits_v)
-    return _min_p_mask(_top_p_mask(_top_k_mask(logits_v, s), s), s)
+    x, _, keep = _warped(logits_v, rows(s), vocab_size)
+    return jnp.where(keep, x, -jnp.inf)
+
+
+def _sampled_mass(logits_v, s: RowSampling, vocab_size):
+    """The warped distribution, unnormalised: exp(warped logits - their max), 0 where excluded."""
+    _, e, keep = _warped(logits_v, s, vocab_size)
+    return jnp.where(keep, e, 0.0)
 
 
 def warp(logits_v: jax.Array, s: SamplingConfig | RowSampling, vocab_size: int | None = None) -> jax.Array:
@@ -434,7 +447,8 @@ def warp(logits_v: jax.Array, s: SamplingConfig | RowSampling, vocab_size: int |
         return jax.nn.one_hot(greedy(x, vocab_size), x.shape[-1], dtype=jnp.float32)
 
     def sampled(x):
-        probs = jax.nn.softmax(warp_logits(x, s, vocab_size), axis=-1)
+        mass = _sampled_mass(x, s, vocab_size)
+        probs = mass / jnp.sum(mass, axis=-1, keepdims=True)
         # The argmax only when some row is greedy: it costs as much as the softmax over a large vocabulary.
         return jax.lax.cond(jnp.any(s.greedy), lambda: jnp.where(_per_row(s.greedy, x), point(x), probs), lambda: probs)
 
@@ -518,7 +532,7 @@ def sample(keys, logits_v: jax.Array, s: SamplingConfig | RowSampling, vocab_siz
     s = rows(s)
 
     def sampled(x):
-        drawn = inverse_cdf(_draw_uniforms(keys, x.shape[:-1]), jax.nn.softmax(warp_logits(x, s, vocab_size), axis=-1))
+        drawn = inverse_cdf(_draw_uniforms(keys, x.shape[:-1]), _sampled_mass(x, s, vocab_size))
         return jax.lax.cond(jnp.any(s.greedy), lambda: jnp.where(_per_row(s.greedy, drawn), greedy(x, vocab_size), drawn),
                             lambda: drawn)
 
