@@ -10,13 +10,16 @@ nothing about them is static. A greedy row divides by temperature 1, never by it
 argmax. Functions also take one `SamplingConfig` for every row, for convenience.
 
 Top-k and top-p never sort the vocabulary: their thresholds are found by bisection over the ordered
-bit patterns of the float32 logits (32 vectorised passes of a count or a masked sum), and each
-filter runs only when some row uses it (`lax.cond`). Over a large vocabulary the passes run over the
-CAND_BLOCKS blocks of CAND_WIDTH ids with the largest maxima where that provably gives the same
-threshold (top-k with k <= CAND_BLOCKS; top-p when the nucleus lies within them), so a pass reads
-16,384 ids, not 262,144; other rows read all ids. Min-p needs no search: p_i >= min_p * p_max
-is logit_i - logit_max >= log(min_p), one pass; it commutes with top-k (both keep an upper set of
-logits) and runs after top-p, whose kept set depends on the mass it sees.
+bit patterns of the float32 logits (vectorised passes of a count or a masked sum), and each filter
+runs only when some row uses it (`lax.cond`). Over a large vocabulary the passes do not read every
+id. Top-k with k <= CAND_BLOCKS bisects over the CAND_BLOCKS groups of CAND_WIDTH ids with the largest
+maxima, which provably gives the same threshold (16,384 ids, not 262,144). Top-p first locates the
+bin of a value histogram (one scatter-add) its edge falls in, then bisects over that bin's ids alone
+(a few dozen), with the mass above the bin as the base; guards send a row whose bin cannot serve it
+(crowded by exact ties) to the bisection over all ids. Min-p needs no search: p_i >= min_p * p_max
+is exp(logit_i - logit_max) >= min_p, one pass; it commutes with top-k (both keep an upper set of
+logits) and runs after top-p, whose kept set depends on the mass it sees. All three keep the largest
+logit, so one exp pass serves top-p, min-p and the final normalisation.
 
 Randomness is per row: `keys` is an array of B keys, one per row, so what row b draws depends
 only on its own key and its own logits (running it alone with that key draws the same).
@@ -167,7 +170,7 @@ def _cumsum(x: jax.Array) -> jax.Array:
 
 
 CAND_WIDTH = 128  # ids per block of the candidate search
-CAND_BLOCKS = 128  # blocks (those with the largest maxima) the fast paths search
+CAND_BLOCKS = 128  # blocks (those with the largest maxima) the top-k fast path searches
 
 
 def _in_groups(v):

@@ -280,3 +280,29 @@ def test_flat_and_broad_rows_take_the_histogram_path_and_crowded_bins_fall_back(
         q = jnp.asarray(1.0 - np.array([[0.1], [0.5], [0.9], [0.999]]), jnp.float32)
         *_, ok = jax.jit(_edge_bin)(x, top, e, jnp.sum(e, axis=-1, keepdims=True), p, q, p > 0.5)
         assert np.asarray(ok).all() == (name != "ties"), f"{name}: histogram path used by rows {np.asarray(ok).ravel()}"
+
+
+def test_an_edge_bin_spilling_past_the_groups_falls_back_exactly():
+    """An edge bin whose ids lie in more groups than EDGE_GROUPS: only the first groups (in id order)
+    are gathered, and here they hold the bin's lower ids while its higher ids (the ones top-p 0.01
+    keeps) lie in later groups, so a bisection over the gathered ids alone would keep the whole bin.
+    The row must report the bin unusable and search all ids: kept set equal to the reference."""
+    from specjax.sampling import CAND_WIDTH, EDGE_GROUPS, RowSampling, _edge_bin
+
+    V = 262144
+    nb = V // CAND_WIDTH  # group g holds ids g, g + nb, ...
+    x = np.zeros(V, np.float32)
+    x[:EDGE_GROUPS + 8] = 10.0  # the first groups: the bin's lower value
+    x[nb // 2: nb // 2 + 200] = 10.00005  # later groups: the same bin (width 10.5 / 32767), a higher value
+    x[nb - 1] = 10.5  # the top of the range, a bin of its own with a third of the 0.01
+    top = jnp.asarray(x.max())[None, None]
+    e = jnp.exp(jnp.asarray(x)[None] - top)
+    p = jnp.asarray([[0.01]], jnp.float32)
+    *_, ok = jax.jit(_edge_bin)(jnp.asarray(x)[None], top, e, jnp.sum(e, axis=-1, keepdims=True), p, 1.0 - p, p > 0.5)
+    assert not bool(np.asarray(ok).all())
+    rows = jax.tree.map(jnp.asarray, RowSampling.of(SamplingConfig(temperature=1.0, top_p=0.01), 1, vocab_size=V))
+    got = np.asarray(jax.jit(warp)(jnp.asarray(x)[None], rows))[0]
+    kept, want = _reference_probs(x, p=0.01)
+    assert kept.sum() == 201
+    np.testing.assert_array_equal(got > 0, kept)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
