@@ -173,12 +173,13 @@ CAND_WIDTH = 128  # ids per block of the candidate search
 CAND_BLOCKS = 128  # blocks (those with the largest maxima) the top-k fast path searches
 
 
-def _in_groups(v):
+def _in_groups(v, fill=0):
     """[..., V] -> [..., CAND_WIDTH, nb]: group g (column g) holds ids g, g + nb, g + 2 nb, ...; the
-    padding ids are 0."""
+    padding ids hold `fill`."""
     V = v.shape[-1]
     nb = -(-V // CAND_WIDTH)
-    return jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, nb * CAND_WIDTH - V)]).reshape(v.shape[:-1] + (CAND_WIDTH, nb))
+    padded = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, nb * CAND_WIDTH - V)], constant_values=fill)
+    return padded.reshape(v.shape[:-1] + (CAND_WIDTH, nb))
 
 
 def _candidate_blocks(key, n: int):
@@ -210,6 +211,16 @@ def _gather_blocks(xb, ids):
     """xb [..., W, nb], ids [..., n] -> the chosen groups, flattened [..., W * n]."""
     got = jnp.take_along_axis(xb, ids[..., None, :], axis=-1)
     return got.reshape(got.shape[:-2] + (-1,))
+
+
+def _survivor_groups(x, e):
+    """The CAND_BLOCKS groups of ids with the largest maxima, gathered: logits x (padding -inf) and
+    e [..., CAND_WIDTH * CAND_BLOCKS], and held [..., 1]: no finite logit lies outside them. After a
+    top-k with k <= CAND_BLOCKS it holds every survivor unless more than CAND_BLOCKS groups hold ids
+    tied at the k-th value."""
+    ids, outside, _, _ = _candidate_blocks(_ordered(x), CAND_BLOCKS)
+    held = outside <= _ordered(jnp.float32(-jnp.inf))
+    return _gather_blocks(_in_groups(x, -jnp.inf), ids), _gather_blocks(_in_groups(e), ids), held
 
 
 def _use_candidates(V: int) -> bool:
@@ -287,14 +298,27 @@ def _top_p_edge(x, top, e, s: RowSampling):
             return _largest_key(reaches, keys.shape[:-1] + (1,))
         return _largest_key_from(reaches, start, span)
 
+    def search_over(xx, ee):  # the edge over ids xx (logits) and ee (their exp), all or a superset of the kept
+        total = jnp.sum(ee, axis=-1, keepdims=True)
+        if xx.shape[-1] // CAND_WIDTH <= EDGE_GROUPS:  # a small vocabulary: bisect over all ids
+            return edge_of(_ordered(xx), ee / total)
+        hk, hp, head_base, tail_base, start, span, ok = _edge_bin(xx, top, ee, total, p, q, tail)
+        return _or_full(on, ok, edge_of(hk, hp, tail_base, head_base, start, span),
+                        lambda: edge_of(_ordered(xx), ee / total))
+
+    def narrowed():
+        """Every top-p row ran top-k with k <= CAND_BLOCKS before (Gemma 3's defaults: top-k 64, top-p
+        0.95), so its finite logits are a few dozen ids: search the groups holding them, if they do."""
+        xg, eg, held = _survivor_groups(x, e)
+        return jax.lax.cond(jnp.all(~on | held), lambda: search_over(xg, eg), lambda: search_over(x, e))
+
     def search():
-        total = jnp.sum(e, axis=-1, keepdims=True)
         if not _use_candidates(V):
-            edge = edge_of(_ordered(x), e / total)
+            edge = search_over(x, e)
         else:
-            hk, hp, head_base, tail_base, start, span, ok = _edge_bin(x, top, e, total, p, q, tail)
-            edge = _or_full(on, ok, edge_of(hk, hp, tail_base, head_base, start, span),
-                            lambda: edge_of(_ordered(x), e / total))
+            k = _per_row(jnp.where(s.greedy, 0, s.top_k), x)
+            after_top_k = jnp.all(~on | ((k > 0) & (k <= CAND_BLOCKS) & (k < V)))
+            edge = jax.lax.cond(after_top_k, narrowed, lambda: search_over(x, e))
         return jnp.where(on, edge, 0)
 
     return jax.lax.cond(jnp.any(on), search, lambda: jnp.zeros(x.shape[:-1] + (1,), jnp.uint32))

@@ -306,3 +306,45 @@ def test_an_edge_bin_spilling_past_the_groups_falls_back_exactly():
     assert kept.sum() == 201
     np.testing.assert_array_equal(got > 0, kept)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("V", [200003, 262144])
+def test_top_p_after_a_small_top_k_equals_the_reference(V):
+    """When every top-p row ran top-k with k <= CAND_BLOCKS first (Gemma 3's defaults are top-k 64,
+    top-p 0.95), top-p searches only the groups holding the top-k survivors; rows whose survivors
+    spill past those groups (thousands tied at the k-th value: the "ties" logits) must search all ids.
+    Kept sets identical to the float64 reference, probabilities within 1e-6."""
+    from specjax.sampling import CAND_BLOCKS, RowSampling
+
+    settings = [dict(k=k, p=p) for k, p in ((1, 0.5), (2, 0.999), (50, 1e-6), (50, 0.02), (50, 0.1), (50, 0.9), (64, 0.95),
+                                             (CAND_BLOCKS, 0.999))] + [dict(k=50, p=0.95, min_p=0.05)]
+    configs = [SamplingConfig(temperature=1.0, top_k=st["k"], top_p=st["p"], min_p=st.get("min_p")) for st in settings]
+    rows = jax.tree.map(jnp.asarray, RowSampling.of(configs, vocab_size=V))
+    spill = np.zeros(V, np.float32)  # 10 ids above 1,000 tied at the 50th value, spread over all groups
+    spill[::V // 10][:10] = 5.0
+    spill[1 + np.arange(1000) * (V // 1000)] = 4.0
+    for kind in ("random", "flat", "nucleus", "ties", "masked", "spill"):
+        logits = spill if kind == "spill" else _adversarial(kind, V, np.random.default_rng(V + 7 * len(kind)))
+        got = np.asarray(jax.jit(warp)(jnp.broadcast_to(jnp.asarray(logits), (len(configs), V)), rows), np.float64)
+        for i, st in enumerate(settings):
+            kept, want = _reference_probs(logits, st["k"], st["p"], st.get("min_p"))
+            np.testing.assert_array_equal(got[i] > 0, kept, err_msg=f"{kind} V={V} {st}: kept sets differ")
+            np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-6, err_msg=f"{kind} V={V} {st}")
+
+
+def test_survivor_groups_hold_every_top_k_survivor_or_say_not():
+    """`_survivor_groups` after a top-k 50: the gathered logits hold every finite logit (same multiset)
+    when it reports held; 1,000 ids tied at the 50th value over 1,000 groups cannot be held."""
+    from specjax.sampling import RowSampling, _survivor_groups, warp_logits
+
+    V = 262144
+    rng = np.random.default_rng(5)
+    spill = np.zeros(V, np.float32)
+    spill[1 + np.arange(1000) * (V // 1000)] = 4.0
+    for logits, want_held in ((rng.normal(size=V).astype(np.float32), True), (spill, False)):
+        rows = jax.tree.map(jnp.asarray, RowSampling.of(SamplingConfig(temperature=1.0, top_k=50), 1, vocab_size=V))
+        x = jax.jit(warp_logits)(jnp.asarray(logits)[None], rows)
+        xg, eg, held = jax.jit(_survivor_groups)(x, jnp.exp(x - jnp.max(x)))
+        assert bool(held[0, 0]) == want_held
+        if want_held:
+            np.testing.assert_array_equal(np.sort(np.asarray(xg)[np.isfinite(xg)]), np.sort(np.asarray(x)[np.isfinite(x)]))
