@@ -256,3 +256,35 @@ def test_every_shipped_bench_config_and_distill_recipe_parses():
     assert [BenchConfig.from_yaml(p).name for p in bench] == [p.stem for p in bench]
     for p in recipes:
         Recipe.from_yaml(p)
+
+
+def test_measure_many_interleaves_the_timed_calls():
+    """`measure_many` warms every sampler on a batch of prompts, then times one call of each in turn per
+    repeat (so a burst of load falls on all alike), and its figures per sampler are `measure`'s."""
+    from types import SimpleNamespace
+
+    from specjax.bench.runner import measure, measure_many
+
+    calls = []
+
+    class Fake:
+        drafter, gamma = None, 0
+
+        def __init__(self, name, seconds):
+            self.name, self.seconds = name, seconds
+
+        def __call__(self, group, seed, **_):
+            calls.append((self.name, tuple(group), seed))
+            return SimpleNamespace(timing={"run_s": self.seconds * (1 + seed), "compile_s": 0.5},
+                                   stats={"new_tokens": [4] * len(group)})
+
+    a, b = Fake("a", 0.1), Fake("b", 0.2)
+    got = measure_many([a, b], ["p", "q", "r"], batch=2, repeats=2, max_new_tokens=4)
+    assert calls == [("a", ("p", "q"), 0), ("b", ("p", "q"), 0), ("a", ("p", "q"), 1), ("b", ("p", "q"), 1),
+                     ("a", ("p", "q"), 2), ("b", ("p", "q"), 2),
+                     ("a", ("r", "p"), 0), ("b", ("r", "p"), 0), ("a", ("r", "p"), 1), ("b", ("r", "p"), 1),
+                     ("a", ("r", "p"), 2), ("b", ("r", "p"), 2)]
+    for fake, figures in zip((a, b), got):
+        assert figures == measure(fake, ["p", "q", "r"], batch=2, repeats=2, max_new_tokens=4)
+        assert figures["compile_s"] == 1.0 and figures["tokens"] == 16
+    assert got[1]["tokens_per_s"] == pytest.approx(got[0]["tokens_per_s"] / 2)

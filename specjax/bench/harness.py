@@ -43,7 +43,7 @@ from specjax.bench import measure as micro
 from specjax.bench import report
 from specjax.bench.drafts import DraftModels, truncated_layers
 from specjax.bench.prompts import load_suite, suite_names
-from specjax.bench.runner import batches, measure, ttft_ms
+from specjax.bench.runner import batches, measure, measure_many, ttft_ms
 from specjax.config import SamplingConfig
 from specjax.drafters import registry
 from specjax.errors import ConfigError
@@ -69,6 +69,7 @@ class BenchConfig:
     seed: int = 0
     chat_template: bool = True  # False: send every suite as raw text (base models, tokenizers without one)
     cost_ratios: bool = True
+    interleave: bool = False  # time each suite x sampling's calls in turn: baseline, then every drafter and G
     peers: dict = dataclasses.field(default_factory=dict)
     batch_sweep: dict = dataclasses.field(default_factory=dict)
     auto_sweep: dict = dataclasses.field(default_factory=dict)
@@ -207,28 +208,30 @@ def run(cfg: BenchConfig, out_dir: str | os.PathLike) -> dict:
             common = dict(batch=cfg.batch, sampling=sampling, max_new_tokens=cfg.max_new_tokens, repeats=cfg.repeats,
                           chat=chat, seed=cfg.seed)
             ar = samplers()
-            base = measure(ar, prompts, **common)
+            pairs = [(spec, g) for spec in cfg.drafters for g in cfg.gammas]
+            timed = measure_many([ar] + [samplers(spec, g) for spec, g in pairs], prompts, **common) \
+                if cfg.interleave else [measure(ar, prompts, **common)]
+            base = timed[0]
             base.update(suite=suite, sampling=sampling_label(s), drafter="autoregressive",
                         ttft_ms=ttft_ms(ar, prompts, **common))
             _add_decode_rate(base, cfg)
             results["points"].append(base)
             bar.update()
-            for spec in cfg.drafters:
-                for g in cfg.gammas:
-                    bar.set_postfix_str(f"{suite} {sampling_label(s)} {spec} G={g}")
-                    sampler = samplers(spec, g)
-                    point = measure(sampler, prompts, **common)
-                    point.update(suite=suite, sampling=sampling_label(s), drafter=spec,
-                                 speedup=point["tokens_per_s"] / base["tokens_per_s"],
-                                 ttft_ms=ttft_ms(sampler, prompts, **common))
-                    _add_decode_rate(point, cfg)
-                    both = point["decode_tokens_per_s"], base["decode_tokens_per_s"]
-                    point["decode_speedup"] = both[0] / both[1] if None not in both else None
-                    _add_formulas(point, sampler, sampling, cfg, timers)
-                    point["memory"] = memory(sampler.lm, sampler.params, sampler.drafter, sampler.draft_params,
-                                             batch=cfg.batch, length=MEMORY_CONTEXT + cfg.max_new_tokens)
-                    results["points"].append(point)
-                    bar.update()
+            for n, (spec, g) in enumerate(pairs):
+                bar.set_postfix_str(f"{suite} {sampling_label(s)} {spec} G={g}")
+                sampler = samplers(spec, g)
+                point = timed[1 + n] if cfg.interleave else measure(sampler, prompts, **common)
+                point.update(suite=suite, sampling=sampling_label(s), drafter=spec,
+                             speedup=point["tokens_per_s"] / base["tokens_per_s"],
+                             ttft_ms=ttft_ms(sampler, prompts, **common))
+                _add_decode_rate(point, cfg)
+                both = point["decode_tokens_per_s"], base["decode_tokens_per_s"]
+                point["decode_speedup"] = both[0] / both[1] if None not in both else None
+                _add_formulas(point, sampler, sampling, cfg, timers)
+                point["memory"] = memory(sampler.lm, sampler.params, sampler.drafter, sampler.draft_params,
+                                         batch=cfg.batch, length=MEMORY_CONTEXT + cfg.max_new_tokens)
+                results["points"].append(point)
+                bar.update()
     bar.close()
     if cfg.peers.get("transformers"):
         results["peers"] = _peers(cfg, samplers, suites)

@@ -32,7 +32,9 @@ def markdown(results: dict, out_dir: Path, link_base: Path | None = None) -> str
     lines = [
         f"Config `{cfg['name']}`: target `{cfg['target']}` ({cfg['dtype']}), batch {cfg['batch']}, "
         f"{cfg['prompts_per_suite']} prompts per suite, {cfg['max_new_tokens']} new tokens (EOS ignored), "
-        f"median of {cfg['repeats']} timed repeats after a warm-up. Machine: {m['machine']}, {m['cpus']} cores, "
+        f"median of {cfg['repeats']} timed repeats after a warm-up"
+        f"{' (each repeat calls the baseline and every drafter in turn)' if cfg.get('interleave') else ''}. "
+        f"Machine: {m['machine']}, {m['cpus']} cores, "
         f"JAX backend `{m['jax_backend']}`. Wall time of the whole run: {results.get('wall_s', 0) / 60:.1f} min.",
         "",
         "Columns: speedup = tokens/s over the autoregressive baseline's, whole calls (prefill included); decode "

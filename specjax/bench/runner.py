@@ -39,35 +39,53 @@ def batches(prompts: Sequence, batch: int) -> list[list]:
 def measure(sampler: Sampler, prompts: Sequence, *, batch: int = 1, sampling: SamplingConfig | None = None,
             max_new_tokens: int = 64, repeats: int = 3, chat: bool = False, seed: int = 0) -> dict[str, Any]:
     """Run every batch of `prompts` `repeats` times (after one warm-up) -> a dict of figures."""
+    return measure_many([sampler], prompts, batch=batch, sampling=sampling, max_new_tokens=max_new_tokens,
+                        repeats=repeats, chat=chat, seed=seed)[0]
+
+
+def measure_many(samplers: Sequence[Sampler], prompts: Sequence, *, batch: int = 1,
+                 sampling: SamplingConfig | None = None, max_new_tokens: int = 64, repeats: int = 3,
+                 chat: bool = False, seed: int = 0) -> list[dict[str, Any]]:
+    """`measure` for several samplers with their timed calls interleaved (per batch of prompts and
+    repeat, one call of each in turn, after every sampler's warm-up), so a burst of load on a shared
+    machine falls on all of them alike and their ratios hold within one run. -> one dict each."""
     sampling = sampling or SamplingConfig()
     groups = batches(prompts, batch)
     call = dict(sampling=sampling, max_new_tokens=max_new_tokens, chat=chat)
-    compile_s = 0.0
-    seconds = np.zeros((repeats, len(groups)))
-    tokens = np.zeros((repeats, len(groups)), np.int64)
-    rows: dict[str, list] = {name: [] for name in (*COUNTERS, "new_tokens")}
-    windows: list[tuple[float, int]] = []  # gamma="auto": (mean window, plain rounds) per call
+    n = len(samplers)
+    compile_s = [0.0] * n
+    seconds = np.zeros((n, repeats, len(groups)))
+    tokens = np.zeros((n, repeats, len(groups)), np.int64)
+    rows: list[dict[str, list]] = [{name: [] for name in (*COUNTERS, "new_tokens")} for _ in samplers]
+    windows: list[list[tuple[float, int]]] = [[] for _ in samplers]  # gamma="auto": (window x rounds, plain rounds)
     for g, group in enumerate(groups):
-        compile_s += sampler(group, seed=seed, **call).timing["compile_s"]
+        for i, sampler in enumerate(samplers):
+            compile_s[i] += sampler(group, seed=seed, **call).timing["compile_s"]
         for r in range(repeats):
-            res = sampler(group, seed=seed + 1 + r, **call)
-            seconds[r, g], tokens[r, g] = res.timing["run_s"], sum(res.stats["new_tokens"])
-            for name in rows:
-                rows[name] += res.stats.get(name, [])
-            if res.stats.get("mean_window") is not None:
-                windows.append((res.stats["mean_window"] * sum(res.stats["rounds"]), res.stats["plain_rounds"]))
+            for i, sampler in enumerate(samplers):
+                res = sampler(group, seed=seed + 1 + r, **call)
+                seconds[i, r, g], tokens[i, r, g] = res.timing["run_s"], sum(res.stats["new_tokens"])
+                for name in rows[i]:
+                    rows[i][name] += res.stats.get(name, [])
+                if res.stats.get("mean_window") is not None:
+                    windows[i].append((res.stats["mean_window"] * sum(res.stats["rounds"]), res.stats["plain_rounds"]))
+    return [_figures(samplers[i], seconds[i], tokens[i], rows[i], windows[i], compile_s[i], batch=batch,
+                     max_new_tokens=max_new_tokens, prompts=len(prompts), repeats=repeats) for i in range(n)]
+
+
+def _figures(sampler, seconds, tokens, rows, windows, compile_s, *, batch, max_new_tokens, prompts, repeats) -> dict:
     per_repeat = list(zip(seconds.sum(1).tolist(), tokens.sum(1).tolist()))  # all groups of one repeat
     tps = [tok / sec for sec, tok in per_repeat]
     out = {
         "run_s": statistics.median(sec for sec, _ in per_repeat),
         "tokens": per_repeat[0][1],
-        "groups": len(groups),
+        "groups": seconds.shape[1],
         "tokens_per_s": statistics.median(tps),
         "tokens_per_s_runs": tps,
         "latency_ms_per_token": statistics.median(sec / tok * 1000 * batch for sec, tok in per_repeat),
         "compile_s": compile_s,
         "batch": batch, "gamma": sampler.gamma, "max_new_tokens": max_new_tokens,
-        "prompts": len(prompts), "repeats": repeats,
+        "prompts": prompts, "repeats": repeats,
     }
     if sampler.drafter is not None:
         summary = summarize_rounds(rows, rows["new_tokens"])
