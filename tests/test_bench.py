@@ -206,9 +206,11 @@ def test_config_is_checked_before_loading(tmp_path):
 def test_prompt_suites_are_package_data():
     chat_file = resources.files("specjax.bench") / "suites" / "chat.yaml"
     assert chat_file.is_file()
-    assert suite_names() == ["humaneval", "humaneval-raw", "chat", "grounded"]
+    assert suite_names() == ["humaneval", "humaneval-raw", "chat", "grounded", "grounded-raw"]
     grounded, chat = load_suite("grounded")
     assert chat and len(grounded) == 16 and grounded[0].startswith("Fix the spelling mistakes")
+    raw, chat = load_suite("grounded-raw")
+    assert not chat and len(raw) == 6 and raw[0].startswith("def moving_average")
     prompts, chat = load_suite("chat")
     assert chat and len(prompts) == 12 and prompts[0].startswith("Explain how photosynthesis")
     assert load_suite("chat", 3)[0] == prompts[:3]
