@@ -14,7 +14,7 @@ bit patterns of the float32 logits (vectorised passes of a count or a masked sum
 runs only when some row uses it (`lax.cond`). Over a large vocabulary the passes do not read every
 id. Top-k with k <= CAND_BLOCKS bisects over the CAND_BLOCKS groups of CAND_WIDTH ids with the largest
 maxima, which provably gives the same threshold (16,384 ids, not 262,144). Top-p first locates the
-bin of a value histogram (one scatter-add) its edge falls in, then bisects over that bin's ids alone
+bin of a value histogram (scatter-adds) its edge falls in, then bisects over that bin's ids alone
 (a few dozen), with the mass above the bin as the base; guards send a row whose bin cannot serve it
 (crowded by exact ties) to the bisection over all ids. Min-p needs no search: p_i >= min_p * p_max
 is exp(logit_i - logit_max) >= min_p, one pass; it commutes with top-k (both keep an upper set of
@@ -157,7 +157,7 @@ def _largest_key_from(pred, lo, span) -> jax.Array:
 
 
 def _cumsum(x: jax.Array) -> jax.Array:
-    """Running sum over the last axis, in two levels when its length is a square multiple of 128
+    """Running sum over the last axis, in two levels when its length is a multiple of 128 above 128
     (running sums within rows of 128, then over the row totals): XLA's CPU cumsum over 16,384
     values costs ~0.5 ms, the two levels a tenth of that."""
     n = x.shape[-1]
@@ -186,7 +186,7 @@ def _candidate_blocks(key, n: int):
     """The n groups of CAND_WIDTH ids whose largest keys are the largest, and the largest key outside
     them. Group g holds ids g, g + nb, g + 2 nb, ... (strided, so the group maxima are an elementwise
     max over CAND_WIDTH rows of nb keys). key [..., V] -> (group ids [..., n], outside max [..., 1],
-    grouped keys [..., W, nb], chosen [..., nb] bool). Padding ids get key 0, below every number's key. Ties between group
+    grouped keys [..., W, nb]). Padding ids get key 0, below every number's key. Ties between group
     maxima are broken by group id; nothing below depends on how.
 
     The n-th largest group maximum tau is found by the same bisection (over nb values); the groups
@@ -204,7 +204,7 @@ def _candidate_blocks(key, n: int):
     ids = jax.vmap(lambda sl: jnp.zeros((n + 1,), jnp.int32).at[sl].set(jnp.arange(nb, dtype=jnp.int32)))(
         slot.reshape(rows.shape))[:, :n].reshape(gmax.shape[:-1] + (n,))
     outside = jnp.max(jnp.where(chosen, jnp.uint32(0), gmax), axis=-1, keepdims=True)
-    return ids, outside, kb, chosen
+    return ids, outside, kb
 
 
 def _gather_blocks(xb, ids):
@@ -218,7 +218,7 @@ def _survivor_groups(x, e):
     e [..., CAND_WIDTH * CAND_BLOCKS], and held [..., 1]: no finite logit lies outside them. After a
     top-k with k <= CAND_BLOCKS it holds every survivor unless more than CAND_BLOCKS groups hold ids
     tied at the k-th value."""
-    ids, outside, _, _ = _candidate_blocks(_ordered(x), CAND_BLOCKS)
+    ids, outside, _ = _candidate_blocks(_ordered(x), CAND_BLOCKS)
     held = outside <= _ordered(jnp.float32(-jnp.inf))
     return _gather_blocks(_in_groups(x, -jnp.inf), ids), _gather_blocks(_in_groups(e), ids), held
 
@@ -254,7 +254,7 @@ def _top_k_mask(logits_v, s: RowSampling):
         if not _use_candidates(V):
             kth = kth_of(key, k)
         else:
-            ids, _, kb, _ = _candidate_blocks(key, CAND_BLOCKS)
+            ids, _, kb = _candidate_blocks(key, CAND_BLOCKS)
             small = k <= CAND_BLOCKS
             fast = kth_of(_gather_blocks(kb, ids), k)
             kth = _or_full(on, small, fast, lambda: kth_of(key, k))
@@ -281,9 +281,14 @@ def _top_p_edge(x, top, e, s: RowSampling):
     bins (`_edge_bin`) finds the bin the edge lies in, and the bisection runs over that bin's ids
     alone (gathered through EDGE_GROUPS groups of ids), with the mass above (or below) the bin as its
     base: one id or a few on a peaked row, ~30-60 on a flat one at V = 262,144. Rows whose edge bin is
-    too crowded for the groups (many exactly tied logits) search all V ids."""
+    too crowded for the groups (many exactly tied logits) search all their ids (all V, or after a
+    small top-k the gathered groups that hold every survivor).
+
+    p is at least float32's smallest normal number (XLA:CPU flushes subnormals), so a top_p that rounds
+    to 0 or a subnormal in float32 keeps the top id (and its ties), as any p below the top id's
+    probability does."""
     V = x.shape[-1]
-    p = _per_row(jnp.where(s.greedy, 1.0, s.top_p), x)
+    p = _per_row(jnp.where(s.greedy, 1.0, jnp.maximum(s.top_p, jnp.finfo(jnp.float32).tiny)), x)
     q = _per_row(jnp.asarray(s.top_q, jnp.float32), x)
     on = p < 1.0
     tail = p > 0.5
@@ -303,6 +308,7 @@ def _top_p_edge(x, top, e, s: RowSampling):
         if xx.shape[-1] // CAND_WIDTH <= EDGE_GROUPS:  # a small vocabulary: bisect over all ids
             return edge_of(_ordered(xx), ee / total)
         hk, hp, head_base, tail_base, start, span, ok = _edge_bin(xx, top, ee, total, p, q, tail)
+        span = jnp.where(on, span, 0)  # rows with top-p off add no bisection steps
         return _or_full(on, ok, edge_of(hk, hp, tail_base, head_base, start, span),
                         lambda: edge_of(_ordered(xx), ee / total))
 
@@ -358,8 +364,9 @@ def _edge_bin(x, top, e, total, p, q, tail):
     mass = hist.reshape(b.shape[:-1] + (EDGE_BINS,)) / total
     at, head_base, tail_base, found = _crossing(mass, p, q, tail)
     inside = _in_groups((b == at) & finite)  # [..., CAND_WIDTH, nb]
-    ids, fits = _groups_holding(jnp.any(inside, axis=-2), EDGE_GROUPS)
-    held = _gather_blocks(inside, ids)
+    ids, used, fits = _groups_holding(jnp.any(inside, axis=-2), EDGE_GROUPS)
+    slots = jnp.broadcast_to(used[..., None, :], used.shape[:-1] + (CAND_WIDTH, EDGE_GROUPS))  # `_gather_blocks`' layout
+    held = _gather_blocks(inside, ids) & slots.reshape(used.shape[:-1] + (-1,))  # each bin id once
     hk = jnp.where(held, _ordered(_gather_blocks(_in_groups(x), ids)), jnp.uint32(0))
     hp = jnp.where(held, _gather_blocks(_in_groups(e), ids) / total, 0.0)
     # The bisection's predicate at either end of the bin, as it computes them: true below the bin's
@@ -385,7 +392,8 @@ def _chunks(n: int, k: int) -> list[slice]:
 
 def _histogram(bins, weights):
     """bins int32 [R, V] in [0, EDGE_BINS), weights [R, V] -> per-row sums of the weights by bin [R, EDGE_BINS]:
-    one scatter-add over the flattened rows (a vmapped one is slower on XLA's CPU backend)."""
+    one scatter-add over the flattened rows (a vmapped one is slower on XLA's CPU backend); `_edge_bin`
+    splits the rows into HIST_SCATTERS such calls."""
     R = bins.shape[0]
     flat = (bins + (jnp.arange(R, dtype=jnp.int32) * EDGE_BINS)[:, None]).reshape(-1)
     out = jnp.zeros(R * EDGE_BINS, jnp.float32).at[flat].add(weights.reshape(-1), mode="promise_in_bounds")
@@ -396,7 +404,7 @@ def _crossing(mass, p, q, tail):
     """Where the running mass over the bins crosses p: head, the last bin whose suffix mass (bins at
     or above it) reaches p; tail, the first bin whose prefix mass exceeds q. In two levels (bins in
     blocks of 128: the block, then the bin inside it), so only running sums over 128 values are taken
-    (XLA's CPU cumsum over all 16,384 bins costs ~0.6 ms). mass [..., nbins] ->
+    (XLA's CPU cumsum over 16,384 values costs ~0.6 ms). mass [..., nbins] ->
     (bin [..., 1], head base: the mass of the bins above it, tail base: of those below it, found [..., 1])."""
     n = mass.shape[-1]
     w = 128 if n % 128 == 0 else n
@@ -425,14 +433,16 @@ def _crossing(mass, p, q, tail):
 
 
 def _groups_holding(has, n: int):
-    """The first n groups (in id order) with has [..., nb] true -> (group ids [..., n], fits [..., 1]:
-    no group with has true was left out). Unused slots name group 0, whose ids the caller masks."""
+    """The first n groups (in id order) with has [..., nb] true -> (group ids [..., n], used [..., n]:
+    the slot names such a group (the unused slots name group 0, which the caller must not read as
+    another copy of it), fits [..., 1]: no group with has true was left out)."""
     nb = has.shape[-1]
     count = _cumsum(has.astype(jnp.int32))
     slot = jnp.where(has & (count <= n), count - 1, n)  # n: a dropped write
     rows = slot.reshape(-1, nb)
     ids = jax.vmap(lambda sl: jnp.zeros((n + 1,), jnp.int32).at[sl].set(jnp.arange(nb, dtype=jnp.int32)))(rows)
-    return ids[:, :n].reshape(has.shape[:-1] + (n,)), count[..., -1:] <= n
+    used = jnp.arange(n, dtype=jnp.int32) < count[..., -1:]
+    return ids[:, :n].reshape(has.shape[:-1] + (n,)), used, count[..., -1:] <= n
 
 
 def _warped(logits_v: jax.Array, s: RowSampling, vocab_size: int | None):
@@ -447,10 +457,10 @@ def _warped(logits_v: jax.Array, s: RowSampling, vocab_size: int | None):
     x = mask_vocab(logits_v.astype(jnp.float32), vocab_size)
     x = _top_k_mask(x / _per_row(jnp.where(s.greedy, 1.0, s.temperature), x), s)
     top = jnp.max(x, axis=-1, keepdims=True)
-    e = jnp.exp(x - jnp.where(jnp.isfinite(top), top, 0.0))
+    e = jnp.exp(x - jnp.where(top == -jnp.inf, 0.0, top))  # a NaN (or +inf) logit makes every e NaN: no silent answer
     edge = _top_p_edge(x, top, e, s)
     min_p = _per_row(jnp.where(s.greedy, 0.0, s.min_p), x)
-    return x, e, (_ordered(x) > edge) & (e >= min_p)
+    return x, e, (_ordered(x) > edge) & ~(e < min_p)  # (NaN kept: it shows in the output)
 
 
 def warp_logits(logits_v: jax.Array, s: SamplingConfig | RowSampling, vocab_size: int | None = None) -> jax.Array:

@@ -294,7 +294,7 @@ def test_an_edge_bin_spilling_past_the_groups_falls_back_exactly():
     x = np.zeros(V, np.float32)
     x[:EDGE_GROUPS + 8] = 10.0  # the first groups: the bin's lower value
     x[nb // 2: nb // 2 + 200] = 10.00005  # later groups: the same bin (width 10.5 / 32767), a higher value
-    x[nb - 1] = 10.5  # the top of the range, a bin of its own with a third of the 0.01
+    x[nb - 1] = 10.5  # the top of the range, a bin of its own with ~0.0035 of the mass
     top = jnp.asarray(x.max())[None, None]
     e = jnp.exp(jnp.asarray(x)[None] - top)
     p = jnp.asarray([[0.01]], jnp.float32)
@@ -348,3 +348,33 @@ def test_survivor_groups_hold_every_top_k_survivor_or_say_not():
         assert bool(held[0, 0]) == want_held
         if want_held:
             np.testing.assert_array_equal(np.sort(np.asarray(xg)[np.isfinite(xg)]), np.sort(np.asarray(x)[np.isfinite(x)]))
+
+
+def test_an_edge_bin_with_ids_in_group_zero_counts_them_once():
+    """Fewer than EDGE_GROUPS groups hold the edge bin, one of them group 0 (ids 0, nb, 2 nb, ...):
+    the unused group slots must not gather group 0 again (its ids would weigh many times their mass
+    and the bisection would drop id 1 here). Reference: top-p 0.2 keeps ids 5, 0 and 1."""
+    from specjax.sampling import RowSampling
+
+    V = 262144
+    x = np.zeros(V, np.float32)
+    x[5], x[0], x[1] = 10.5, 10.00005, 10.0  # ids 0 and 1: one bin, groups 0 and 1
+    for p in (0.2, 0.6, 0.9):
+        rows = jax.tree.map(jnp.asarray, RowSampling.of(SamplingConfig(temperature=1.0, top_p=p), 1, vocab_size=V))
+        got = np.asarray(jax.jit(warp)(jnp.asarray(x)[None], rows))[0]
+        kept, want = _reference_probs(x, p=p)
+        np.testing.assert_array_equal(got > 0, kept, err_msg=f"p={p}")
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=f"p={p}")
+
+
+def test_a_top_p_below_float32_and_a_nan_logit():
+    """top_p = 1e-46 (0 in float32) keeps the top id, as any p below its probability does, at a small
+    and a large vocabulary; a NaN logit makes the warped probabilities NaN rather than a quiet answer."""
+    for V in (10, 262144):
+        x = np.random.default_rng(V).normal(size=V).astype(np.float32)
+        probs = np.asarray(warp(jnp.asarray(x)[None], SamplingConfig(temperature=1.0, top_p=1e-46)))[0]
+        np.testing.assert_array_equal(probs > 0, np.arange(V) == x.argmax())
+        bad = x.copy()
+        bad[3] = np.nan
+        for cfg in (SamplingConfig(temperature=1.0), SamplingConfig(temperature=1.0, top_p=0.9, min_p=0.05)):
+            assert np.isnan(np.asarray(warp(jnp.asarray(bad)[None], cfg))).any(), (V, cfg)
