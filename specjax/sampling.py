@@ -134,13 +134,9 @@ def _row_sum(x: jax.Array) -> jax.Array:
 
 def _largest_key(pred, shape) -> jax.Array:
     """Per position, the largest uint32 key T with pred(T) true, for a pred that holds for every key up
-    to some point and for none above it: 32 steps that each fix one bit, from the top."""
-
-    def step(i, t):
-        candidate = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-        return jnp.where(pred(candidate), candidate, t)
-
-    return jax.lax.fori_loop(0, 32, step, jnp.zeros(shape, jnp.uint32))
+    to some point and for none above it: 32 steps that each fix one bit, from the top
+    (`_largest_key_from` over every key)."""
+    return _largest_key_from(pred, jnp.zeros(shape, jnp.uint32), jnp.full(shape, 0xFFFFFFFF, jnp.uint32))
 
 
 def _largest_key_from(pred, lo, span) -> jax.Array:
@@ -154,19 +150,6 @@ def _largest_key_from(pred, lo, span) -> jax.Array:
         return jnp.where((candidate <= span) & pred(lo + candidate), candidate, d)
 
     return lo + jax.lax.fori_loop(0, bits, step, jnp.zeros(lo.shape, jnp.uint32))
-
-
-def _cumsum(x: jax.Array) -> jax.Array:
-    """Running sum over the last axis, in two levels when its length is a multiple of 128 above 128
-    (running sums within rows of 128, then over the row totals): XLA's CPU cumsum over 16,384
-    values costs ~0.5 ms, the two levels a tenth of that."""
-    n = x.shape[-1]
-    if n % 128 or n <= 128:
-        return jnp.cumsum(x, axis=-1)
-    inner = jnp.cumsum(x.reshape(x.shape[:-1] + (n // 128, 128)), axis=-1)
-    totals = jnp.cumsum(inner[..., -1], axis=-1)
-    before = jnp.pad(totals[..., :-1], [(0, 0)] * (totals.ndim - 1) + [(1, 0)])
-    return (inner + before[..., None]).reshape(x.shape)
 
 
 CAND_WIDTH = 128  # ids per block of the candidate search
@@ -437,7 +420,7 @@ def _groups_holding(has, n: int):
     the slot names such a group (the unused slots name group 0, which the caller must not read as
     another copy of it), fits [..., 1]: no group with has true was left out)."""
     nb = has.shape[-1]
-    count = _cumsum(has.astype(jnp.int32))
+    count = jnp.cumsum(has.astype(jnp.int32), axis=-1)  # nb values: a few thousand at most
     slot = jnp.where(has & (count <= n), count - 1, n)  # n: a dropped write
     rows = slot.reshape(-1, nb)
     ids = jax.vmap(lambda sl: jnp.zeros((n + 1,), jnp.int32).at[sl].set(jnp.arange(nb, dtype=jnp.int32)))(rows)
