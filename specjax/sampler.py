@@ -85,16 +85,43 @@ class GenerateResult:
         return json.dumps(dataclasses.asdict(self))
 
 
+def process_mappings() -> int | None:
+    """How many memory mappings this process holds (Linux: lines of /proc/self/maps), else None."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return None
+
+
+def mapping_limit() -> int | None:
+    """The kernel's per-process limit on memory mappings (Linux: vm.max_map_count), else None."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class CompiledCache:
     """Compiled programs, one per (decoder, bucket, mesh, ...); counts compilations.
 
-    Least recently used entries beyond `capacity` are dropped: every CPU executable holds memory
-    mappings of its own, and a long-lived process must not accumulate them without bound."""
+    Least recently used entries are dropped beyond `capacity` entries, and while the process holds
+    more than `map_share` of the kernel's memory-mapping limit: every XLA:CPU executable maps each of
+    its kernels' code and data separately (a `gamma="auto"` program for SmolLM2 holds ~5,000
+    mappings, a plain one ~1,500), and a process past Linux's default vm.max_map_count of 65,530
+    aborts inside LLVM ("Unable to allocate section memory") on its next compilation. The entry just
+    built is always kept. `count_maps` / `map_limit` are injectable for tests."""
 
-    def __init__(self, capacity: int = 24):
+    def __init__(self, capacity: int = 24, *, map_share: float = 0.5, count_maps=process_mappings,
+                 map_limit=mapping_limit):
         self.table: dict[Any, Any] = {}
         self.capacity = capacity
+        self.map_share = map_share
+        self.count_maps = count_maps
+        self.map_limit = map_limit
         self.compilations = 0
+        self.evicted_for_maps = 0
 
     def get_or_build(self, key, build):
         """The entry for `key`, built by `build()` (and timed) on a miss -> (entry, compile seconds).
@@ -109,7 +136,17 @@ class CompiledCache:
         self.compilations += 1
         while len(self.table) > self.capacity:
             self.table.pop(next(iter(self.table)))
+        self._bound_mappings()
         return entry, time.perf_counter() - started
+
+    def _bound_mappings(self) -> None:
+        limit = self.map_limit()
+        if not limit:
+            return
+        budget = int(limit * self.map_share)
+        while len(self.table) > 1 and (self.count_maps() or 0) > budget:
+            self.table.pop(next(iter(self.table)))
+            self.evicted_for_maps += 1  # its executable unmaps as its last reference goes (measured)
 
     def clear(self) -> None:
         self.table.clear()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import jax
 import numpy as np
+
 import pytest
 from conftest import perturbed, tiny_lm
 
@@ -122,6 +124,32 @@ def test_compiled_cache_evicts_the_least_recently_used():
     entry, seconds = cache.get_or_build("c", lambda: "never built")
     assert entry == "C" and seconds == 0.0 and list(cache.table) == ["a", "c"]
 
+
+
+def test_compiled_cache_drops_old_programs_while_the_process_holds_too_many_mappings():
+    held = {"a": 300, "b": 300, "c": 300, "d": 500}  # mappings each entry's executable holds
+    cache = sampler.CompiledCache(capacity=24, map_share=0.5, map_limit=lambda: 2000,
+                                  count_maps=lambda: 100 + sum(held[k] for k in cache.table))
+    for key in "abc":
+        cache.get_or_build(key, lambda key=key: key.upper())
+    assert list(cache.table) == ["a", "b", "c"] and cache.evicted_for_maps == 0  # 1,000 <= budget 1,000
+    cache.get_or_build("a", lambda: "never built")  # a hit reorders only
+    cache.get_or_build("d", lambda: "D")  # 1,500 > 1,000: drop b, then c (the least recently used)
+    assert list(cache.table) == ["a", "d"] and cache.evicted_for_maps == 2
+    held["e"] = 5000  # one program over the budget alone is still kept: the call needs it
+    cache.get_or_build("e", lambda: "E")
+    assert list(cache.table) == ["e"]
+    free = sampler.CompiledCache(map_limit=lambda: None, count_maps=lambda: 10**9)  # no limit known
+    for key in "xyz":
+        free.get_or_build(key, lambda: 0)
+    assert list(free.table) == ["x", "y", "z"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_mapping_counters_read_this_process():
+    count, limit = sampler.process_mappings(), sampler.mapping_limit()
+    assert isinstance(count, int) and count > 10
+    assert isinstance(limit, int) and limit > count
 
 # -- compile once: settings and lengths are runtime values ---------------------------------------
 
