@@ -290,3 +290,38 @@ def test_measure_many_interleaves_the_timed_calls():
         assert figures == measure(fake, ["p", "q", "r"], batch=2, repeats=2, max_new_tokens=4)
         assert figures["compile_s"] == 1.0 and figures["tokens"] == 16
     assert got[1]["tokens_per_s"] == pytest.approx(got[0]["tokens_per_s"] / 2)
+
+
+def test_the_interleaved_auto_sweep_times_each_point_s_samplers_in_turn():
+    """With `interleave: true` the auto sweep times plain decoding, gamma="auto" and the fixed windows of
+    one (suite, batch) point call by call in turn; each row's speedup is over that point's plain run."""
+    from types import SimpleNamespace
+
+    from specjax.bench.harness import BenchConfig, _auto_sweep
+
+    calls = []
+    speed = {(None, 0): 0.2, ("ngram:2", "auto"): 0.1, ("ngram:2", 4): 0.4}
+
+    class Fake:
+        def __init__(self, key):
+            self.key, self.drafter, self.gamma = key, key[0], key[1]
+
+        def __call__(self, group, seed, **_):
+            calls.append((self.key, len(group), seed))
+            return SimpleNamespace(timing={"run_s": speed[self.key], "compile_s": 0.0},
+                                   stats={"new_tokens": [8] * len(group)})
+
+    def samplers(drafter=None, gamma=0):
+        return Fake((drafter, gamma if drafter is not None else 0))
+
+    cfg = BenchConfig(target="t", drafters=[], gammas=[], suites=[], interleave=True,
+                      auto_sweep={"drafters": ["ngram:2"], "suites": ["chat"], "batches": [1, 2], "gammas": [4],
+                                  "prompts": 1, "max_new_tokens": 8, "repeats": 2})
+    rows = _auto_sweep(cfg, samplers)
+    b1 = [(k, s) for k, n, s in calls if n == 1]
+    assert b1 == [((None, 0), 0), (("ngram:2", "auto"), 0), (("ngram:2", 4), 0),
+                  ((None, 0), 1), (("ngram:2", "auto"), 1), (("ngram:2", 4), 1),
+                  ((None, 0), 2), (("ngram:2", "auto"), 2), (("ngram:2", 4), 2)]
+    assert [(r["batch"], r["mode"]) for r in rows] == [(1, "plain"), (1, "auto"), (1, "G=4"), (2, "plain"), (2, "auto")]
+    assert [round(r["speedup"], 6) for r in rows] == [1.0, 2.0, 0.5, 1.0, 2.0]
+    assert {n for _, n, _ in calls} == {1, 2} and len(calls) == 9 + 6  # each point timed once, not per row

@@ -344,7 +344,9 @@ def _batch_sweep(cfg: BenchConfig, samplers: Samplers) -> list[dict]:
 
 def _auto_sweep(cfg: BenchConfig, samplers: Samplers) -> list[dict]:
     """Per suite, batch size and drafter: plain decoding, gamma="auto", and at batch 1 every fixed G of
-    `gammas`; greedy, EOS ignored. Rows of {suite, batch, drafter, mode ("plain", "auto", "G=g"),
+    `gammas`; greedy, EOS ignored. With `interleave: true` every sampler of a (suite, batch) point is
+    timed in turn, repeat by repeat (`measure_many`), so the ratios to plain decoding hold within a
+    burst of load. Rows of {suite, batch, drafter, mode ("plain", "auto", "G=g"),
     tokens_per_s, speedup over plain at the same batch and suite, a, tokens/round, mean window}."""
     sw = cfg.auto_sweep
     n = sw.get("prompts", cfg.prompts_per_suite)
@@ -358,11 +360,18 @@ def _auto_sweep(cfg: BenchConfig, samplers: Samplers) -> list[dict]:
                 if b == 1:
                     gammas = sw.get("gammas", [])
                     jobs += [(suite, b, d, g) for g in (gammas.get(d, []) if isinstance(gammas, dict) else gammas)]
-    rows, plain = [], {}
+    rows, plain, timed = [], {}, {}
     for suite, b, drafter, gamma in tqdm(jobs, desc="auto sweep", unit="point"):
         prompts, chat = load_suite(suite, None)
         group = prompts[:max(n, b)] if b == 1 else batches(prompts, b)[0]
-        point = measure(samplers(drafter, gamma), group, batch=b, chat=chat and cfg.chat_template, **common)
+        call = dict(batch=b, chat=chat and cfg.chat_template, **common)
+        if not cfg.interleave:
+            point = measure(samplers(drafter, gamma), group, **call)
+        else:  # the first job of a (suite, batch) times every sampler of that point in turn
+            if (suite, b) not in timed:
+                specs = [(d, g) for s_, b_, d, g in jobs if (s_, b_) == (suite, b)]
+                timed[suite, b] = dict(zip(specs, measure_many([samplers(d, g) for d, g in specs], group, **call)))
+            point = timed[suite, b][drafter, gamma]
         mode = "plain" if drafter is None else ("auto" if gamma == "auto" else f"G={gamma}")
         if drafter is None:
             plain[suite, b] = point["tokens_per_s"]
