@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
@@ -21,6 +22,7 @@ from specjax.errors import ConversionError
 
 _CONTROL, _USER_DEFINED = 3, 4
 _META = "tokenizer_meta.json"
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 # Pre-tokenizer splits llama.cpp names by `tokenizer.ggml.pre` for byte-level vocabularies.
 _LLAMA3_SPLIT = (
@@ -85,6 +87,90 @@ class Tokenizer:
 
     def decode(self, ids, *, skip_special_tokens: bool = True) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def kind(self) -> str:
+        """How tokens spell bytes: "byte-level" (GPT-2's byte alphabet, e.g. SmolLM2) or "sentencepiece"
+        ("\u2581" for a space and <0xNN> byte-fallback tokens, e.g. Gemma)."""
+        if isinstance(self.backend.decoder, decoders.ByteLevel):
+            return "byte-level"
+        if isinstance(self.backend.model, BPE) and self.backend.model.byte_fallback:
+            return "sentencepiece"
+        raise ConversionError("this tokenizer spells bytes in a way specjax cannot read (neither byte-level BPE "
+                              "nor SentencePiece with byte fallback), so it cannot be matched with another vocabulary")
+
+    def special_ids(self) -> set[int]:
+        """Ids of special (control) tokens: they stand for no text."""
+        return {i for i, t in self.backend.get_added_tokens_decoder().items() if t.special}
+
+    def token_bytes(self) -> list[bytes | None]:
+        """The bytes each id stands for (None for special tokens and unused ids), in one spelling for
+        both kinds of vocabulary, so that two tokenizers' tokens can be matched by their bytes."""
+        kind, special = self.kind(), self.special_ids()
+        added = {i: t.content for i, t in self.backend.get_added_tokens_decoder().items() if not t.special}
+        inverse = {c: b for b, c in _bytes_to_unicode().items()}
+        out: list[bytes | None] = []
+        for i in range(self.vocab_size):
+            tok = self.backend.id_to_token(i)
+            if tok is None or i in special:
+                out.append(None)
+            elif i in added:  # user-defined tokens are stored as their text
+                out.append(added[i].replace("\u2581", " ").encode("utf-8") if kind == "sentencepiece"
+                           else added[i].encode("utf-8"))
+            elif kind == "byte-level":
+                out.append(bytes(inverse[c] for c in tok) if all(c in inverse for c in tok) else None)
+            else:
+                m = _BYTE_TOKEN.fullmatch(tok)
+                out.append(bytes([int(m.group(1), 16)]) if m else tok.replace("\u2581", " ").encode("utf-8"))
+        return out
+
+    def encode_bytes(self, data: bytes) -> list[int]:
+        """Ids that spell exactly `data` with this vocabulary's merges (no normaliser, no splitting into
+        words, no special tokens): a byte-level vocabulary spells any bytes; a SentencePiece one uses
+        its <0xNN> tokens for bytes that are not valid UTF-8 or have no piece."""
+        model = self.backend.model
+        if self.kind() == "byte-level":
+            chars = _bytes_to_unicode()
+            return [t.id for t in model.tokenize("".join(chars[b] for b in data))] if data else []
+        ids: list[int] = []
+        rest = data
+        while rest:
+            try:
+                text, rest = rest.decode("utf-8"), b""
+            except UnicodeDecodeError as err:
+                text, bad, rest = rest[:err.start].decode("utf-8"), rest[err.start:err.end], rest[err.end:]
+                ids += [t.id for t in model.tokenize(text.replace(" ", "\u2581"))] if text else []
+                ids += [self._byte_id(b) for b in bad]
+                continue
+            ids += [t.id for t in model.tokenize(text.replace(" ", "\u2581"))]
+        return ids
+
+    def encode_bytes_many(self, items: list[bytes]) -> list[list[int]]:
+        """`encode_bytes` of each item, the whole list in one batched call of the tokenizers library."""
+        raw = Backend(self.backend.model)  # the merges alone: no normaliser, pre-tokeniser or added tokens
+        if self.kind() == "byte-level":
+            chars = _bytes_to_unicode()
+            spelled = ["".join(chars[b] for b in item) for item in items]
+            done = raw.encode_batch(spelled, add_special_tokens=False)
+            return [d.ids if item else [] for d, item in zip(done, items)]
+        out: list[list[int] | None] = [None] * len(items)
+        texts, where = [], []
+        for n, item in enumerate(items):
+            try:
+                text = item.decode("utf-8")
+            except UnicodeDecodeError:
+                out[n] = self.encode_bytes(item)
+                continue
+            texts.append(text.replace(" ", "\u2581"))
+            where.append(n)
+        for n, d in zip(where, raw.encode_batch(texts, add_special_tokens=False) if texts else []):
+            out[n] = d.ids if items[n] else []
+        return out
+
+    def _byte_id(self, b: int) -> int:
+        i = self.backend.token_to_id(f"<0x{b:02X}>")
+        if i is None:
+            raise ConversionError(f"this vocabulary has no byte-fallback token <0x{b:02X}>")
+        return i
 
     def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
         """Render `messages` with the model's Jinja chat template."""

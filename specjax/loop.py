@@ -72,11 +72,15 @@ class Batch:
     sampling: RowSampling  # [B] temperature, top-k, top-p, greedy
     max_new_tokens: jax.Array  # [B] int32
     eos_ids: jax.Array  # [B,E] int32, -1 = unused slot
+    draft_prompt: Any = None  # [B,Pd] int32: the prompts in a draft's own tokenizer (drafters with `own_prompt`)
+    draft_lengths: Any = None  # [B] int32
 
     def logical_axes(self) -> "Batch":
         b = ("batch",)
+        own = self.draft_prompt is not None
         return self.replace(prompt=("batch", "seq"), lengths=b, active=b, keys=b, max_new_tokens=b,
-                            eos_ids=("batch", None))
+                            eos_ids=("batch", None), draft_prompt=("batch", None) if own else None,
+                            draft_lengths=b if own else None)
 
     @classmethod
     def make(cls, prompt_bp, lengths_b, *, max_new_tokens, sampling=GREEDY, eos_ids=(), key=None, keys=None,
@@ -309,7 +313,7 @@ def start(dec: Decoder, params, draft_params, batch: Batch) -> SpecState:
         return state
     dstate = dec.drafter.init(draft_params, params, B, dec.size)
     prefill = TargetPrefill(tokens=prompt_bp, positions=positions_bp, taps=taps_nbpd, first=first_b,
-                            chunk=dec.prefill_chunk)
+                            chunk=dec.prefill_chunk, draft_tokens=batch.draft_prompt, draft_lengths=batch.draft_lengths)
     return state.replace(draft=dec.drafter.prefill(draft_params, params, dstate, prefill))
 
 

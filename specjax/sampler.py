@@ -370,8 +370,11 @@ class Sampler:
             draft_cost=float(getattr(self.drafter, "default_cost", policy_lib.DEFAULT_DRAFT_COST)),
             must_observe=getattr(self.drafter, "must_observe", False), path=self.calibration, **self.policy_options)
 
-    def batch(self, ids: list[list[int]], *, sampling=None, max_new_tokens=64, seed=0, eos_ids=None) -> Batch:
-        """Host-side inputs for these tokenised prompts: padded to the buckets, settings per row."""
+    def batch(self, ids: list[list[int]], *, sampling=None, max_new_tokens=64, seed=0, eos_ids=None,
+              draft_ids: list[list[int]] | None = None) -> Batch:
+        """Host-side inputs for these tokenised prompts: padded to the buckets, settings per row.
+        draft_ids: the prompts in a draft's own tokenizer (a drafter with `own_prompt`); by default the
+        draft encoding of `ids` through its vocabulary map."""
         n = len(ids)
         prompt_bp, lengths_b, active_b = pad_batch(ids)
         B = prompt_bp.shape[0]
@@ -389,9 +392,17 @@ class Sampler:
                     else [tuple(eos)] * n)
         eos_rows = [tuple(int(e) for e in row) for row in eos_rows] + [()] * (B - n)
         slots = max([EOS_SLOTS] + [bucket(len(r)) for r in eos_rows])
-        return Batch.make(prompt_bp, lengths_b, active=active_b, max_new_tokens=max_new + [1] * (B - n),
-                          sampling=configs, eos_ids=eos_rows, keys=row_keys(seed, n, B), eos_slots=slots,
-                          vocab_size=self.vocab_limit or self.vocab_rows)
+        batch = Batch.make(prompt_bp, lengths_b, active=active_b, max_new_tokens=max_new + [1] * (B - n),
+                           sampling=configs, eos_ids=eos_rows, keys=row_keys(seed, n, B), eos_slots=slots,
+                           vocab_size=self.vocab_limit or self.vocab_rows)
+        if getattr(self.drafter, "own_prompt", False):
+            if draft_ids is None:
+                draft_ids = [self.drafter.vocab.encode(p) for p in ids]
+            if len(draft_ids) != n:
+                raise ConfigError(f"draft_ids has {len(draft_ids)} prompts for {n} prompts")
+            draft_bp, draft_b, _ = pad_batch([list(p) or [] for p in draft_ids])
+            batch = batch.replace(draft_prompt=jnp.asarray(draft_bp), draft_lengths=jnp.asarray(draft_b))
+        return batch
 
     def program(self, decoder: Decoder, batch: Batch) -> tuple[Program, float]:
         """The compiled program for `decoder` and the shapes of `batch` (from the cache) -> (program, compile s)."""
@@ -412,10 +423,20 @@ class Sampler:
         for i, p in enumerate(ids):
             if min(p) < 0 or max(p) >= V:
                 raise ConfigError(f"prompt {i} has token ids outside [0, {V})")
-        batch = self.batch(ids, sampling=sampling, max_new_tokens=max_new_tokens, seed=seed, eos_ids=eos_ids)
+        draft_ids = None
+        if getattr(self.drafter, "own_prompt", False) and all(isinstance(p, str) for p in validate.prompts(prompts)):
+            draft_ids = encode_prompts(self.drafter.tokenizer, prompts, chat=chat)  # the draft's own tokenizer
+        batch = self.batch(ids, sampling=sampling, max_new_tokens=max_new_tokens, seed=seed, eos_ids=eos_ids,
+                           draft_ids=draft_ids)
         self.check_context(ids, np.asarray(batch.max_new_tokens)[:len(ids)].tolist())
         decoder = self.decoder(max_new_tokens=int(np.max(np.asarray(batch.max_new_tokens))),
                                prompt_len=batch.prompt.shape[1], batch=batch.prompt.shape[0])
+        if batch.draft_prompt is not None:
+            room = self.drafter.buffer(decoder.size) - self.drafter.max_len - decoder.gamma - 2
+            if batch.draft_prompt.shape[1] > room:
+                raise ConfigError(f"the prompts take {int(np.max(np.asarray(batch.draft_lengths)))} tokens in the "
+                                  f"draft's tokenizer (padded to {batch.draft_prompt.shape[1]}), more than its buffer "
+                                  f"of {room} slots for this call holds; use a shorter prompt or more max_new_tokens")
         self.check_memory(batch=batch.prompt.shape[0], prompt=batch.prompt.shape[1], length=decoder.size)
         before = COMPILED.compilations
         program, compile_s = self.program(decoder, batch)

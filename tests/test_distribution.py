@@ -21,7 +21,7 @@ from conftest import as_dtype, tiny_lm
 
 from specjax import loop, rejection, sampling
 from specjax.config import GREEDY, SamplingConfig
-from specjax.drafters import registry
+from specjax.drafters import crossvocab, registry
 from specjax.lm import LM
 
 # 20,000-row batches: running them outweighs compiling, so XLA optimises these programs (conftest.py)
@@ -120,6 +120,10 @@ def sample_rows(target, draft, configs: list, rule=rejection.accept, seed: int =
                        policy=policy)
     batch = loop.Batch.make(prompt, jnp.full((rows,), len(PROMPT)), max_new_tokens=K, sampling=configs,
                             key=jax.random.key(seed))
+    if getattr(resolved.drafter, "own_prompt", False):  # a draft with another vocabulary: its own prompt tokens
+        from test_crossvocab import with_draft_prompt
+
+        batch = with_draft_prompt(batch, resolved.drafter.vocab, [PROMPT] * rows)
     state = loop.generate(dec, params, resolved.params, batch)
     out = np.asarray(state.tokens)[:, len(PROMPT):len(PROMPT) + K]
     assert np.all(np.asarray(state.lengths) == len(PROMPT) + K)
@@ -288,3 +292,36 @@ def test_wrong_acceptance_rule_is_detected_in_a_mixed_batch(models):
     for i, cfg in enumerate(MIXED[1:], start=1):
         p_value = chi_square_p_value(np.bincount(index[i::len(MIXED)], minlength=V ** K), exact_distribution(target, cfg))
         assert p_value < 1e-6, f"{cfg}: the always-accept rule was not detected (p = {p_value:.2e})"
+
+
+# -- a draft with another vocabulary (token-level intersection) -----------------------------------
+
+class IgnoresTheIntersection(crossvocab.CrossVocabDrafter):
+    """A deliberately wrong drafter: it proposes from the intersection like the real one, but hands the
+    rule the draft's distributions indexed by draft ids, as if the two vocabularies were one."""
+
+    def _target_q(self, q_bgv, t2d):
+        return q_bgv[..., :t2d.shape[0]]
+
+
+def cross_draft(models, cls=crossvocab.CrossVocabDrafter):
+    from test_crossvocab import cross_pair
+
+    return cross_pair(models[0], models[1], cls=cls)
+
+
+@pytest.mark.parametrize("name", ["temperature-1", "top-p-0.8"])
+def test_samples_follow_the_target_with_a_draft_of_another_vocabulary(models, name):
+    target, cfg = models[0], CONFIGS[name]
+    index, state = sample_rows(target, cross_draft(models), [cfg] * N, with_state=True)
+    p_value = chi_square_p_value(np.bincount(index, minlength=V ** K), exact_distribution(target, cfg))
+    assert p_value > 1e-3, f"another vocabulary, {name}: samples do not follow the target (p = {p_value:.2e})"
+    assert np.asarray(state.stats.accepted).sum() > 0.1 * np.asarray(state.stats.drafted).sum()
+
+
+@pytest.mark.parametrize("name", ["temperature-1", "top-p-0.8"])
+def test_a_rule_that_ignores_the_intersection_is_detected(models, name):
+    target, cfg = models[0], CONFIGS[name]
+    counts = sample_continuations(target, cross_draft(models, IgnoresTheIntersection), cfg)
+    p_value = chi_square_p_value(counts, exact_distribution(target, cfg))
+    assert p_value < 1e-6, f"{name}: a q that ignores the intersection was not detected (p = {p_value:.2e})"

@@ -74,6 +74,8 @@ class TargetPrefill:
     taps: jax.Array  # [n,B,P,D] the target's tapped hidden states (n = len(drafter.taps))
     first: jax.Array  # [B] int32, the first committed token (sampled from the last prompt position)
     chunk: int = struct.field(pytree_node=False, default=0)  # the target's prefill chunk (Decoder.prefill_chunk)
+    draft_tokens: Any = None  # [B,Pd] int32: the prompts in the draft's own tokens (a drafter with `own_prompt`)
+    draft_lengths: Any = None  # [B] int32
 
 
 @struct.dataclass

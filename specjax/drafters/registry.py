@@ -1,7 +1,9 @@
 """The one parser of drafter strings, for the CLI, the Python API and the bench.
 
-    model:NAME                     a draft model with the target's tokenizer (NAME resolved by a loader
-                                   the caller provides: the engine does not import the model zoo)
+    model:NAME                     a draft model (NAME resolved by a loader the caller provides: the
+                                   engine does not import the model zoo); with the target's tokenizer,
+                                   or with another one whose tokens mostly match the target's by their
+                                   bytes (token-level intersection, `specjax.drafters.crossvocab`)
     layerskip:K | layerskip:0-9,20-29 [:own]
                                    a subset of the target's own blocks (first K, or ranges); `:own`
                                    gives it a private KV cache instead of the target's
@@ -93,6 +95,8 @@ def resolve(draft, target, *, load_model: Callable[[str], Any] | None = None,
     if is_eagle_head(draft):
         return Resolved(*eagle_drafter(draft, target.module))
     if hasattr(draft, "module"):
+        if other_tokenizer(target, draft):
+            return cross_vocab(target, draft)
         limit = check_vocabularies(target, draft)
         lm, params = LM.split(draft.module)
         rows = draft.module.config.vocab_size
@@ -120,6 +124,29 @@ def resolve(draft, target, *, load_model: Callable[[str], Any] | None = None,
         lm = LM.split(target.module)[0]
         return Resolved(layer_skip(lm, parse_layers(spec.layers, lm.config.num_layers), spec.cache), None)
     return Resolved(NGramDrafter(nmax=spec.nmax, nmin=spec.nmin), None)
+
+
+def other_tokenizer(target, draft) -> bool:
+    """True when both models have tokenizers and their vocabularies differ (token for token)."""
+    t_tok, d_tok = getattr(target, "tokenizer", None), getattr(draft, "tokenizer", None)
+    if t_tok is None or d_tok is None:
+        return False
+    return t_tok.vocab_size != d_tok.vocab_size or t_tok.backend.get_vocab() != d_tok.backend.get_vocab()
+
+
+def cross_vocab(target, draft) -> Resolved:
+    """A draft model with another tokenizer: its vocabulary matched with the target's by bytes
+    (`crossvocab.tokenizer_vocab_map`), refused when the intersection is too small."""
+    from specjax.drafters import crossvocab
+
+    lm, params = LM.split(draft.module)
+    vmap = crossvocab.tokenizer_vocab_map(target.tokenizer, draft.tokenizer,
+                                          target_rows=target.module.config.vocab_size,
+                                          draft_rows=draft.module.config.vocab_size)
+    crossvocab.check_shared(vmap)
+    drafter = crossvocab.CrossVocabDrafter(lm, max_len=vmap.max_len, target_vocab=target.module.config.vocab_size,
+                                           vocab=vmap, tokenizer=draft.tokenizer)
+    return Resolved(drafter, {"model": params, **vmap.tables()})
 
 
 def is_eagle_head(x) -> bool:

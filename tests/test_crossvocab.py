@@ -1,0 +1,181 @@
+"""Drafts with another tokenizer (token-level intersection): the vocabulary map, greedy equality and
+the draft's own token sequence, on tiny models with string tables built here. The distribution
+test for this drafter is in test_distribution.py."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_lm
+
+from specjax import loop
+from specjax.drafters import crossvocab
+from specjax.errors import IncompatibleDraftError
+from specjax.lm import LM
+
+# The target's tokens and the draft's, as the bytes they stand for (ids are list positions).
+TARGET = [b"a", b"b", b"c", b"d", b"e", b"f", b"gh", b"ij"]
+DRAFT = [b"c", b"a", b"g", b"h", b"b", b"d", b"e", b"zz"]
+
+
+def greedy_spelling(vocab):
+    """encode_in_draft for the tables here: longest match first, bytes no token spells dropped."""
+    def encode_many(items):
+        out = []
+        for item in items:
+            ids, i = [], 0
+            while i < len(item):
+                best = max((j for j, t in enumerate(vocab) if t and item.startswith(t, i)), key=lambda j: len(vocab[j]),
+                           default=None)
+                if best is None:
+                    i += 1
+                    continue
+                ids.append(best)
+                i += len(vocab[best])
+            out.append(ids)
+        return out
+    return encode_many
+
+
+def tiny_map(target=TARGET, draft=DRAFT, **kw) -> crossvocab.VocabMap:
+    kw.setdefault("target_rows", len(target))
+    kw.setdefault("draft_rows", len(draft))
+    return crossvocab.build_vocab_map(target, draft, greedy_spelling(draft), **kw)
+
+
+def cross_pair(target_model, draft_model, vmap=None, cls=crossvocab.CrossVocabDrafter):
+    """A (drafter, params) pair for the tiny models, matched through `vmap`."""
+    vmap = vmap or tiny_map()
+    lm, params = LM.split(draft_model.module)
+    drafter = cls(lm, max_len=vmap.max_len, target_vocab=target_model.module.config.vocab_size, vocab=vmap)
+    return drafter, {"model": params, **vmap.tables()}
+
+
+def with_draft_prompt(batch: loop.Batch, vmap: crossvocab.VocabMap, prompts) -> loop.Batch:
+    """The batch with each prompt's draft encoding (what the Sampler adds for text prompts)."""
+    enc = [vmap.encode(p) for p in prompts]
+    P = max(16, max(len(e) for e in enc))
+    draft = np.zeros((len(enc), P), np.int32)
+    for i, e in enumerate(enc):
+        draft[i, :len(e)] = e
+    return batch.replace(draft_prompt=jnp.asarray(draft), draft_lengths=jnp.asarray([len(e) for e in enc], jnp.int32))
+
+
+def test_the_vocabulary_map_matches_tokens_by_their_bytes():
+    m = tiny_map()
+    assert m.d2t.tolist() == [2, 0, -1, -1, 1, 3, 4, -1]
+    assert m.t2d.tolist() == [1, 4, 0, 5, 6, -1, -1, -1]
+    assert m.shared == 5 and m.draft_text == 8 and m.target_text == 8
+    # every target token's draft encoding: the matched id, else the draft's spelling ("gh" = g + h)
+    assert [m.encode([t]) for t in range(8)] == [[1], [4], [0], [5], [6], [], [2, 3], []]
+    assert m.max_len == 2 and m.encode([6, 0, 6]) == [2, 3, 1, 2, 3]
+    for d, t in enumerate(m.d2t):  # the two maps are inverse on the intersection
+        assert t < 0 or m.t2d[t] == d
+
+
+def test_the_map_prefers_ordinary_tokens_to_byte_fallback_and_matches_identical_specials():
+    target = [None, b" ", b"x", b" ", b"y"]  # id 1 is <0x20> (byte fallback), id 3 the ordinary space
+    draft = [b"y", b" ", None, b"x", b"x"]  # a duplicate spelling: the lowest id wins
+    m = crossvocab.build_vocab_map(target, draft, greedy_spelling(draft), target_rows=6, draft_rows=7,
+                                   target_special={0: "<eos>"}, draft_special={2: "<eos>"}, target_fallback={1})
+    assert m.t2d.tolist() == [-1, -1, 3, 1, 0, -1]  # padding row 5 maps to nothing
+    assert m.d2t.tolist() == [4, 3, -1, 2, -1, -1, -1]
+    assert m.encode([0]) == [2] and m.encode([1]) == [1]  # the special by its text; <0x20> spelled by the draft
+    assert m.encode([5]) == []
+
+
+def test_a_small_intersection_is_refused_with_a_typed_error():
+    draft = [b"p", b"q", b"r", b"s", b"a"]
+    m = tiny_map(draft=draft)
+    assert m.shared == 1
+    with pytest.raises(IncompatibleDraftError, match="share 1 tokens, 20%"):
+        crossvocab.check_shared(m)
+    crossvocab.check_shared(tiny_map())  # 5 of 8: enough
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    return tiny_lm(0, vocab=8, scale=0.6), tiny_lm(5, vocab=8, scale=0.6)
+
+
+PROMPTS = [[0, 1, 2, 6, 3], [6, 6, 4, 0, 1, 2, 3, 7], [5, 1]]
+
+
+def run(target, pair, prompts, *, gamma, max_new, vmap, greedy=True):
+    lm, params = LM.split(target.module)
+    P = max(len(p) for p in prompts)
+    prompt = np.zeros((len(prompts), P), np.int32)
+    for i, p in enumerate(prompts):
+        prompt[i, :len(p)] = p
+    dec = loop.Decoder(lm=lm, drafter=pair[0] if pair else None, gamma=gamma if pair else 0,
+                       size=P + max_new + gamma + 2)
+    batch = loop.Batch.make(prompt, [len(p) for p in prompts], max_new_tokens=max_new, key=jax.random.key(0))
+    if pair:
+        batch = with_draft_prompt(batch, vmap, prompts)
+    return loop.generate(dec, params, pair[1] if pair else None, batch)
+
+
+@pytest.mark.parametrize("gamma", [1, 3])
+def test_greedy_output_with_a_draft_of_another_vocabulary_equals_plain_greedy(tiny_pair, gamma):
+    target, draft = tiny_pair
+    vmap = tiny_map()
+    plain = run(target, None, PROMPTS, gamma=gamma, max_new=12, vmap=vmap)
+    spec = run(target, cross_pair(target, draft, vmap), PROMPTS, gamma=gamma, max_new=12, vmap=vmap)
+    assert np.array_equal(np.asarray(plain.tokens)[:, :20], np.asarray(spec.tokens)[:, :20])
+    assert np.asarray(spec.stats.drafted).sum() > 0
+
+
+@pytest.mark.parametrize("max_new", [1, 2, 3, 5, 8, 13])
+def test_the_draft_sequence_is_the_draft_encoding_of_every_committed_token(tiny_pair, max_new):
+    """After the last round of a call of any length (so after every round), each row's draft sequence
+    is its prompt's draft encoding followed by the draft encodings of the committed target tokens, and
+    the draft's cache holds all of it but the tokens still to be fed."""
+    target, draft = tiny_pair
+    vmap = tiny_map()
+    state = run(target, cross_pair(target, draft, vmap), PROMPTS, gamma=3, max_new=max_new, vmap=vmap)
+    ds = state.draft
+    tokens, lengths = np.asarray(state.tokens), np.asarray(state.lengths)
+    for b, prompt in enumerate(PROMPTS):
+        committed = tokens[b, len(prompt):lengths[b]].tolist()
+        assert len(committed) == max_new
+        want = vmap.encode(prompt) + vmap.encode(committed)
+        assert int(ds.length[b]) == len(want), (b, committed)
+        assert np.asarray(ds.tokens)[b, :len(want)].tolist() == want, (b, committed)
+        assert int(ds.cached[b]) <= len(want)
+    if max_new >= 5:  # rounds ran, and proposals were kept, not only corrections
+        assert np.asarray(state.stats.accepted).sum() > 0
+    # the cache: catching up from it gives the logits a fresh pass over the whole sequence gives
+    drafter, dparams = cross_pair(target, draft, vmap)
+    live = jnp.ones((len(PROMPTS),), bool)
+    cached_logits, _ = jax.jit(drafter._catch_up)(dparams["model"], ds, live)
+    for b in range(len(PROMPTS)):
+        n = int(ds.length[b])
+        seq = jnp.asarray(ds.tokens)[b:b + 1, :n]
+        fresh, _ = draft.module(seq, jnp.arange(n)[None], draft.module.init_cache(1, n))
+        np.testing.assert_allclose(np.asarray(cached_logits[b]), np.asarray(fresh[0, -1]), rtol=1e-4, atol=1e-4)
+
+
+def test_sampled_rows_and_the_cache_stay_in_sync_over_many_rounds(tiny_pair):
+    """Sampled decoding (proposals drawn, some rejected) keeps the same invariant."""
+    from specjax.config import SamplingConfig
+
+    target, draft = tiny_pair
+    vmap = tiny_map()
+    lm, params = LM.split(target.module)
+    prompts = PROMPTS * 4
+    P = max(len(p) for p in prompts)
+    prompt = np.zeros((len(prompts), P), np.int32)
+    for i, p in enumerate(prompts):
+        prompt[i, :len(p)] = p
+    dec = loop.Decoder(lm=lm, drafter=cross_pair(target, draft, vmap)[0], gamma=2, size=P + 20 + 4)
+    batch = loop.Batch.make(prompt, [len(p) for p in prompts], max_new_tokens=20,
+                            sampling=SamplingConfig(temperature=1.0), key=jax.random.key(3))
+    state = loop.generate(dec, params, cross_pair(target, draft, vmap)[1], with_draft_prompt(batch, vmap, prompts))
+    tokens, lengths, ds = np.asarray(state.tokens), np.asarray(state.lengths), state.draft
+    for b, prompt in enumerate(prompts):
+        want = vmap.encode(prompt) + vmap.encode(tokens[b, len(prompt):lengths[b]].tolist())
+        assert np.asarray(ds.tokens)[b, :int(ds.length[b])].tolist() == want
+    stats = state.stats
+    assert 0 < np.asarray(stats.accepted).sum() < np.asarray(stats.drafted).sum()
