@@ -325,3 +325,13 @@ def test_the_interleaved_auto_sweep_times_each_point_s_samplers_in_turn():
     assert [(r["batch"], r["mode"]) for r in rows] == [(1, "plain"), (1, "auto"), (1, "G=4"), (2, "plain"), (2, "auto")]
     assert [round(r["speedup"], 6) for r in rows] == [1.0, 2.0, 0.5, 1.0, 2.0]
     assert {n for _, n, _ in calls} == {1, 2} and len(calls) == 9 + 6  # each point timed once, not per row
+
+
+def test_the_clairvoyant_window_bound_counts_rounds_by_what_they_accepted():
+    from specjax.bench.window_bound import bound, round_counts
+
+    exact = round_counts([5, 3, 1], 10)  # 10 rounds: 5 accepted >= 1, 3 accepted >= 2, 1 accepted all 3
+    assert exact == [5, 2, 2, 1]
+    cost = [1.0, 1.1, 1.2, 1.3]
+    assert bound(exact, cost) == pytest.approx(5 * 1.0 + 2 * 1.1 + 2 * 1.2 + 1.3)
+    assert bound(exact, cost, widths=(0, 1, 3)) == pytest.approx(5 * 1.0 + 2 * 1.1 + 2 * 1.3 + 1.3)  # k = 2 at width 3
