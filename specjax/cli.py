@@ -123,6 +123,10 @@ def _cmd_generate(args) -> int:
         spec = f"acceptance {s['acceptance_rate']:.2f}, {s['mean_tokens_per_round']:.2f} tokens/round; "
         if s.get("mean_window") is not None:
             spec += f"mean window {s['mean_window']:.2f}, {s['plain_rounds']} plain rounds; "
+    if s.get("draft_vocabulary"):
+        v = s["draft_vocabulary"]
+        spec += (f"draft vocabulary: {v['shared_tokens']:,} of its {v['draft_text_tokens']:,} tokens shared with the "
+                 f"target's {v['target_text_tokens']:,} (map {v['table_bytes'] / 2**20:.1f} MiB); ")
     print(f"[{sum(s['new_tokens'])} tokens, {t['tokens_per_s']:.1f} tok/s; {spec}"
           f"load {load_s:.1f}s, compile {t['compile_s']:.1f}s ({t['compilations']} programs), run {t['run_s']:.2f}s]",
           file=sys.stderr)

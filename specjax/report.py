@@ -36,6 +36,9 @@ def memory(lm: LM, params, drafter=None, draft_params=None, *, batch: int = 1, l
         report["draft_param_bytes"] = nbytes(draft_params)
         draft_state = jax.eval_shape(lambda d, p: drafter.init(d, p, batch, length), draft_params, params)
         report["draft_cache_bytes"] = nbytes(draft_state)
+        vocab = getattr(drafter, "vocab", None)
+        if vocab is not None:  # a draft with another tokenizer: its vocabulary map (in draft_param_bytes)
+            report["draft_vocab_map_bytes"] = int(vocab.nbytes)
     report["speculation_overhead_bytes"] = report["draft_param_bytes"] + report["draft_cache_bytes"]
     return report
 

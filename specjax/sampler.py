@@ -436,7 +436,7 @@ class Sampler:
             if batch.draft_prompt.shape[1] > room:
                 raise ConfigError(f"the prompts take {int(np.max(np.asarray(batch.draft_lengths)))} tokens in the "
                                   f"draft's tokenizer (padded to {batch.draft_prompt.shape[1]}), more than its buffer "
-                                  f"of {room} slots for this call holds; use a shorter prompt or more max_new_tokens")
+                                  f"of {room} slots for this call holds (twice the target's); use a shorter prompt")
         self.check_memory(batch=batch.prompt.shape[0], prompt=batch.prompt.shape[1], length=decoder.size)
         before = COMPILED.compilations
         program, compile_s = self.program(decoder, batch)
@@ -448,6 +448,8 @@ class Sampler:
         result.timing["compilations"] = COMPILED.compilations - before
         result.stats["memory"] = self.memory(batch=batch.prompt.shape[0], length=decoder.size,
                                              ring_slack=decoder.ring_slack(batch.prompt.shape[1]))
+        if getattr(self.drafter, "vocab", None) is not None:  # a draft with another tokenizer
+            result.stats["draft_vocabulary"] = self.drafter.vocab.summary()
         return result
 
     def check_context(self, ids: list[list[int]], max_new: list[int]) -> None:

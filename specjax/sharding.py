@@ -103,7 +103,12 @@ def _param_axes(path, var) -> tuple:
 
 
 def param_shardings(params, mesh: Mesh, rules=DEFAULT_RULES, plan: Plan | None = None):
-    """NamedShardings for an NNX params State, from the `axes` metadata of every Param."""
+    """NamedShardings for an NNX params State, from the `axes` metadata of every Param. A plain dict
+    (a drafter's params: e.g. a draft model's State beside lookup tables) gets each State's
+    shardings, and its bare arrays are replicated."""
+    if isinstance(params, dict):
+        return {k: param_shardings(v, mesh, rules, plan) if isinstance(v, (dict, nnx.State)) else replicated(mesh)
+                for k, v in params.items()}
     flat = nnx.to_flat_state(params)
     specs = []
     for path, var in flat:

@@ -153,3 +153,50 @@ def test_bfloat16_stepwise_verify_is_bit_for_bit_plain_greedy(smollm2_bf16):
                             verify="stepwise")
     assert stepwise.tokens == plain.tokens
     assert stepwise.stats["acceptance_rate"] > 0.3  # the drafter did take part
+
+
+# -- a draft with another tokenizer: SmolLM2 (49k byte-level BPE) drafting for Gemma 3 (262k SentencePiece) --
+
+@pytest.fixture(scope="module")
+def tokenizer_pair():
+    from specjax.models.hub import resolve
+    from specjax.models.sources.gguf import GGUFCheckpoint
+
+    return (GGUFCheckpoint(resolve("gemma3-270m", progress=False)).tokenizer(),
+            GGUFCheckpoint(resolve("smollm2-135m-instruct", progress=False)).tokenizer())
+
+
+def test_the_smollm2_and_gemma3_vocabularies_match_by_bytes(tokenizer_pair):
+    from specjax.drafters.crossvocab import check_shared, tokenizer_vocab_map
+
+    gemma, smol = tokenizer_pair
+    m = tokenizer_vocab_map(gemma, smol, target_rows=262144, draft_rows=49152)
+    check_shared(m)
+    assert 45_000 < m.shared <= 49_135 and m.draft_text == 49_135
+    g_bytes, s_bytes = gemma.token_bytes(), smol.token_bytes()
+    assert g_bytes[gemma.encode(" the", add_bos=False)[0]] == b" the"
+    assert s_bytes[smol.encode(" the", add_bos=False)[0]] == b" the"
+    for d, t in enumerate(m.d2t):  # matched ids spell the same bytes, and the maps are inverse
+        if t >= 0:
+            assert g_bytes[t] == s_bytes[d] and m.t2d[t] == d
+    # every Gemma token's draft encoding spells its bytes (SmolLM2 has no token for 24 control bytes)
+    spellable = set(b"".join(b for b in s_bytes if b))
+    text = "Gemma 3 writes ünïcödé, 数学 and emoji 🙂 with\ttabs  and   spaces.\n"
+    ids = gemma.encode(text, add_bos=False)
+    assert b"".join(s_bytes[i] for i in m.encode(ids)) == text.encode("utf-8")
+    for t in range(0, 262144, 7):
+        if g_bytes[t] and set(g_bytes[t]) <= spellable:
+            assert b"".join(s_bytes[i] for i in m.encode([t])) == g_bytes[t], t
+
+
+@pytest.mark.slow  # make test-all: loads Gemma 3 (its 262k-row embedding) and compiles both programs
+def test_gemma3_greedy_with_a_smollm2_draft_equals_plain_greedy(smollm2):
+    """Done-when 1 of the cross-tokenizer issue: 5 prompts x 64 tokens (a = 0.64, 2.40 tokens per round
+    when written)."""
+    gemma = load("gemma3-270m", progress=False)
+    ar = api.generate(gemma, PROMPTS, max_new_tokens=64, eos_ids=())
+    sp = api.generate(gemma, PROMPTS, draft=smollm2, gamma=4, max_new_tokens=64, eos_ids=())
+    print(f"\nsmollm2 for gemma3: acceptance rate {sp.stats['acceptance_rate']:.3f}, "
+          f"{sp.stats['mean_tokens_per_round']:.2f} tokens per round, {sp.stats['draft_vocabulary']}")
+    assert_equal_or_near_tie(gemma.module, sp.prompt_tokens, ar.tokens, sp.tokens, 64)
+    assert sp.stats["acceptance_rate"] > 0.4

@@ -138,7 +138,14 @@ def cross_vocab(target, draft) -> Resolved:
     """A draft model with another tokenizer: its vocabulary matched with the target's by bytes
     (`crossvocab.tokenizer_vocab_map`), refused when the intersection is too small."""
     from specjax.drafters import crossvocab
+    from specjax.errors import ConversionError
 
+    for tok in (target.tokenizer, draft.tokenizer):
+        try:
+            tok.kind()
+        except ConversionError as err:
+            raise IncompatibleDraftError(f"{_difference(target.tokenizer, draft.tokenizer)}; a draft with another "
+                                         f"tokenizer must spell its tokens as bytes specjax can match ({err})") from None
     lm, params = LM.split(draft.module)
     vmap = crossvocab.tokenizer_vocab_map(target.tokenizer, draft.tokenizer,
                                           target_rows=target.module.config.vocab_size,
@@ -147,6 +154,15 @@ def cross_vocab(target, draft) -> Resolved:
     drafter = crossvocab.CrossVocabDrafter(lm, max_len=vmap.max_len, target_vocab=target.module.config.vocab_size,
                                            vocab=vmap, tokenizer=draft.tokenizer)
     return Resolved(drafter, {"model": params, **vmap.tables()})
+
+
+def _difference(t_tok, d_tok) -> str:
+    """How two tokenizers differ, for an error message."""
+    if t_tok.vocab_size != d_tok.vocab_size:
+        return f"draft tokenizer has {d_tok.vocab_size} tokens, the target's has {t_tok.vocab_size}"
+    diffs = [i for i in range(t_tok.vocab_size) if t_tok.token(i) != d_tok.token(i)]
+    shown = ", ".join(f"id {i}: target {t_tok.token(i)!r} vs draft {d_tok.token(i)!r}" for i in diffs[:3])
+    return f"draft and target tokenizers differ at {len(diffs)} ids ({shown})"
 
 
 def is_eagle_head(x) -> bool:
