@@ -179,3 +179,61 @@ def test_sampled_rows_and_the_cache_stay_in_sync_over_many_rounds(tiny_pair):
         assert np.asarray(ds.tokens)[b, :int(ds.length[b])].tolist() == want
     stats = state.stats
     assert 0 < np.asarray(stats.accepted).sum() < np.asarray(stats.drafted).sum()
+
+
+def byte_level_tokenizer(merged: list[str]):
+    """A byte-level BPE tokenizer: the 256 byte tokens, then `merged` words built by merges (the tiny
+    models' vocabulary is 256 + len(merged))."""
+    from tokenizers import Tokenizer as Backend, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+
+    from specjax.models.tokenizer import Tokenizer, _bytes_to_unicode
+
+    chars = _bytes_to_unicode()
+    vocab = {chars[b]: b for b in range(256)}
+    merges = []
+    for word in merged:
+        spelled = "".join(chars[b] for b in word.encode("utf-8"))
+        for i in range(2, len(spelled) + 1):  # left to right: ((a b) c) d
+            if spelled[:i] not in vocab:
+                merges.append((spelled[:i - 1], spelled[i - 1]))
+                vocab[spelled[:i]] = len(vocab)
+    backend = Backend(BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return Tokenizer(backend, bos_id=None, eos_ids=(), pad_id=None, add_bos=False)
+
+
+def test_the_sampler_tokenises_text_prompts_with_the_draft_s_own_tokenizer():
+    """Text prompts go to the draft through its own tokenizer (not the target's encoding mapped
+    over): its sequence is the draft's encoding of the prompt text, then of the committed tokens; the
+    output equals plain greedy output, and the report names the shared vocabulary."""
+    from conftest import Tiny
+
+    from specjax.sampler import Sampler
+
+    t_tok = byte_level_tokenizer([" the", " cat", " sat", "the", " on"])
+    d_tok = byte_level_tokenizer([" mat", " the", "at", " ca", " sat", " on", "ch"])
+    target = Tiny(tiny_lm(0, vocab=t_tok.vocab_size).module, t_tok)
+    draft = Tiny(tiny_lm(1, vocab=d_tok.vocab_size + 3).module, d_tok)  # 3 padding rows: never proposed
+    prompts = ["the cat sat on the mat", " on the catch"]
+    plain = Sampler(target, None)(prompts, max_new_tokens=10)
+    sampler = Sampler(target, draft, gamma=3)
+    seen = []
+    make_batch = sampler.batch
+    sampler.batch = lambda ids, **kw: seen.append(kw["draft_ids"]) or make_batch(ids, **kw)
+    spec = sampler(prompts, max_new_tokens=10)
+    assert seen == [[d_tok.encode(p) for p in prompts]]  # text prompts: the draft's own tokenizer
+    assert spec.tokens == plain.tokens
+    v = spec.stats["draft_vocabulary"]
+    shared = set(t_tok.backend.get_vocab()) & set(d_tok.backend.get_vocab())  # same spelling: same bytes
+    assert v["shared_tokens"] == len(shared) and {" the", " sat", " on"} <= {d_tok.decode([d_tok.backend.token_to_id(
+        t)]) for t in shared}
+    assert v["draft_text_tokens"] == d_tok.vocab_size
+    assert spec.stats["memory"]["draft_vocab_map_bytes"] == sampler.drafter.vocab.nbytes > 0
+    # the draft's own encoding of the text differs from the target's ids mapped through the table
+    ids = t_tok.encode(prompts[1])
+    assert d_tok.encode(prompts[1]) != sampler.drafter.vocab.encode(ids)
+    batch = sampler.batch([t_tok.encode(p) for p in prompts], max_new_tokens=10,
+                          draft_ids=[d_tok.encode(p) for p in prompts])
+    assert np.asarray(batch.draft_prompt)[1, :len(d_tok.encode(prompts[1]))].tolist() == d_tok.encode(prompts[1])
