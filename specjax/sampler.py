@@ -395,14 +395,41 @@ class Sampler:
         batch = Batch.make(prompt_bp, lengths_b, active=active_b, max_new_tokens=max_new + [1] * (B - n),
                            sampling=configs, eos_ids=eos_rows, keys=row_keys(seed, n, B), eos_slots=slots,
                            vocab_size=self.vocab_limit or self.vocab_rows)
-        if getattr(self.drafter, "own_prompt", False):
-            if draft_ids is None:
-                draft_ids = [self.drafter.vocab.encode(p) for p in ids]
+        if getattr(self.drafter, "own_prompt", False) and draft_ids != []:  # [] : `with_draft_prompt` follows
+            draft_ids = self.draft_prompts(None, ids) if draft_ids is None else draft_ids
             if len(draft_ids) != n:
                 raise ConfigError(f"draft_ids has {len(draft_ids)} prompts for {n} prompts")
-            draft_bp, draft_b, _ = pad_batch([list(p) or [] for p in draft_ids])
+            draft_bp, draft_b, _ = pad_batch([list(p) for p in draft_ids])
             batch = batch.replace(draft_prompt=jnp.asarray(draft_bp), draft_lengths=jnp.asarray(draft_b))
         return batch
+
+    def draft_prompts(self, prompts, ids: list[list[int]], *, chat: bool = False) -> list[list[int]]:
+        """The prompts in a draft's own tokens (a drafter with `own_prompt`): text through the draft's
+        tokenizer (and its own chat template: the conversation format it was trained on); token ids,
+        or chat turns for a draft without a template, as the draft encoding of the target's ids
+        (its vocabulary map), after the draft's BOS when its tokenizer adds one."""
+        tok = self.drafter.tokenizer
+        texts = prompts is not None and all(isinstance(p, str) for p in validate.prompts(prompts))
+        if texts and tok is not None and (not chat or tok.chat_template):
+            return encode_prompts(tok, prompts, chat=chat)
+        bos = [tok.bos_id] if tok is not None and tok.add_bos and tok.bos_id is not None else []
+        return [bos + self.drafter.vocab.encode(p) for p in ids]
+
+    def with_draft_prompt(self, batch: Batch, draft_ids: list[list[int]], decoder: Decoder) -> Batch:
+        """`batch` with the draft's prompt tokens, padded to a length bucket that its buffer for
+        `decoder` holds (`CrossVocabDrafter.prompt_room`); a prompt longer than that is refused."""
+        room = self.drafter.prompt_room(decoder.size, decoder.gamma)
+        longest = max(len(p) for p in draft_ids)
+        if longest > room:
+            raise ConfigError(f"a prompt takes {longest} tokens in the draft's tokenizer, more than the {room} its "
+                              f"buffer holds in this call (about twice the target's buffer); use a shorter prompt")
+        width = min(size_bucket(max(longest, 1)), room)
+        draft_bp = np.zeros((batch.prompt.shape[0], width), np.int32)
+        lengths_b = np.ones((batch.prompt.shape[0],), np.int32)
+        for i, p in enumerate(draft_ids):
+            draft_bp[i, :len(p)] = p
+            lengths_b[i] = len(p)
+        return batch.replace(draft_prompt=jnp.asarray(draft_bp), draft_lengths=jnp.asarray(lengths_b))
 
     def program(self, decoder: Decoder, batch: Batch) -> tuple[Program, float]:
         """The compiled program for `decoder` and the shapes of `batch` (from the cache) -> (program, compile s)."""
@@ -423,20 +450,14 @@ class Sampler:
         for i, p in enumerate(ids):
             if min(p) < 0 or max(p) >= V:
                 raise ConfigError(f"prompt {i} has token ids outside [0, {V})")
-        draft_ids = None
-        if getattr(self.drafter, "own_prompt", False) and all(isinstance(p, str) for p in validate.prompts(prompts)):
-            draft_ids = encode_prompts(self.drafter.tokenizer, prompts, chat=chat)  # the draft's own tokenizer
+        own = getattr(self.drafter, "own_prompt", False)
         batch = self.batch(ids, sampling=sampling, max_new_tokens=max_new_tokens, seed=seed, eos_ids=eos_ids,
-                           draft_ids=draft_ids)
+                           draft_ids=[] if own else None)
         self.check_context(ids, np.asarray(batch.max_new_tokens)[:len(ids)].tolist())
         decoder = self.decoder(max_new_tokens=int(np.max(np.asarray(batch.max_new_tokens))),
                                prompt_len=batch.prompt.shape[1], batch=batch.prompt.shape[0])
-        if batch.draft_prompt is not None:
-            room = self.drafter.buffer(decoder.size) - self.drafter.max_len - decoder.gamma - 2
-            if batch.draft_prompt.shape[1] > room:
-                raise ConfigError(f"the prompts take {int(np.max(np.asarray(batch.draft_lengths)))} tokens in the "
-                                  f"draft's tokenizer (padded to {batch.draft_prompt.shape[1]}), more than its buffer "
-                                  f"of {room} slots for this call holds (twice the target's); use a shorter prompt")
+        if own:
+            batch = self.with_draft_prompt(batch, self.draft_prompts(prompts, ids, chat=chat), decoder)
         self.check_memory(batch=batch.prompt.shape[0], prompt=batch.prompt.shape[1], length=decoder.size)
         before = COMPILED.compilations
         program, compile_s = self.program(decoder, batch)

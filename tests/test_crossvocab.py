@@ -12,7 +12,7 @@ from conftest import tiny_lm
 
 from specjax import loop
 from specjax.drafters import crossvocab
-from specjax.errors import IncompatibleDraftError
+from specjax.errors import ConfigError, IncompatibleDraftError
 from specjax.lm import LM
 
 # The target's tokens and the draft's, as the bytes they stand for (ids are list positions).
@@ -103,17 +103,20 @@ def tiny_pair():
 PROMPTS = [[0, 1, 2, 6, 3], [6, 6, 4, 0, 1, 2, 3, 7], [5, 1]]
 
 
-def run(target, pair, prompts, *, gamma, max_new, vmap, greedy=True):
+def run(target, pair, prompts, *, gamma, max_new, vmap, policy=None, draft_prompts=None):
     lm, params = LM.split(target.module)
     P = max(len(p) for p in prompts)
     prompt = np.zeros((len(prompts), P), np.int32)
     for i, p in enumerate(prompts):
         prompt[i, :len(p)] = p
     dec = loop.Decoder(lm=lm, drafter=pair[0] if pair else None, gamma=gamma if pair else 0,
-                       size=P + max_new + gamma + 2)
+                       size=P + max_new + gamma + 2, policy=policy)
     batch = loop.Batch.make(prompt, [len(p) for p in prompts], max_new_tokens=max_new, key=jax.random.key(0))
     if pair:
         batch = with_draft_prompt(batch, vmap, prompts)
+    if draft_prompts is not None:
+        batch = batch.replace(draft_prompt=jnp.asarray(draft_prompts),
+                              draft_lengths=jnp.full((len(prompts),), draft_prompts.shape[1], jnp.int32))
     return loop.generate(dec, params, pair[1] if pair else None, batch)
 
 
@@ -220,10 +223,18 @@ def test_the_sampler_tokenises_text_prompts_with_the_draft_s_own_tokenizer():
     plain = Sampler(target, None)(prompts, max_new_tokens=10)
     sampler = Sampler(target, draft, gamma=3)
     seen = []
-    make_batch = sampler.batch
-    sampler.batch = lambda ids, **kw: seen.append(kw["draft_ids"]) or make_batch(ids, **kw)
+    attach = sampler.with_draft_prompt
+    sampler.with_draft_prompt = lambda batch, ids, dec: seen.append(ids) or attach(batch, ids, dec)
     spec = sampler(prompts, max_new_tokens=10)
     assert seen == [[d_tok.encode(p) for p in prompts]]  # text prompts: the draft's own tokenizer
+    ids_call = sampler([t_tok.encode(p) for p in prompts], max_new_tokens=10)  # token ids: mapped through the table
+    assert seen[1] == [sampler.drafter.vocab.encode(t_tok.encode(p)) for p in prompts]
+    assert ids_call.tokens == plain.tokens
+    # "the" is one target token and three draft tokens: 64 target tokens (a buffer of 96 slots), 192 draft
+    # tokens, more than the draft's buffer (about twice the target's) holds: refused before compiling
+    assert len(t_tok.encode("the" * 64)) == 64 and len(d_tok.encode("the" * 64)) == 192
+    with pytest.raises(ConfigError, match="192 tokens in the draft's tokenizer, more than the 189"):
+        sampler(["the" * 64], max_new_tokens=4)
     assert spec.tokens == plain.tokens
     v = spec.stats["draft_vocabulary"]
     shared = set(t_tok.backend.get_vocab()) & set(d_tok.backend.get_vocab())  # same spelling: same bytes
@@ -237,3 +248,40 @@ def test_the_sampler_tokenises_text_prompts_with_the_draft_s_own_tokenizer():
     batch = sampler.batch([t_tok.encode(p) for p in prompts], max_new_tokens=10,
                           draft_ids=[d_tok.encode(p) for p in prompts])
     assert np.asarray(batch.draft_prompt)[1, :len(d_tok.encode(prompts[1]))].tolist() == d_tok.encode(prompts[1])
+
+
+def test_gamma_auto_through_every_width_keeps_output_and_the_draft_sequence(tiny_pair):
+    """The window policy visiting widths 4, 1, 2 in turn (a width-1 round caches no proposal): greedy
+    output equals plain, and the draft's sequence is the draft encoding of the committed tokens."""
+    from test_policy import cycling
+
+    target, draft = tiny_pair
+    vmap = tiny_map()
+    plain = run(target, None, PROMPTS, gamma=4, max_new=14, vmap=vmap)
+    state = run(target, cross_pair(target, draft, vmap), PROMPTS, gamma=4, max_new=14, vmap=vmap,
+                policy=cycling(4, 1, widest_first=True))
+    assert np.array_equal(np.asarray(plain.tokens)[:, :22], np.asarray(state.tokens)[:, :22])
+    assert sorted(set(np.asarray(state.adapt.width).ravel().tolist()) - {0}) != []
+    tokens, lengths, ds = np.asarray(state.tokens), np.asarray(state.lengths), state.draft
+    for b, prompt in enumerate(PROMPTS):
+        want = vmap.encode(prompt) + vmap.encode(tokens[b, len(prompt):lengths[b]].tolist())
+        assert np.asarray(ds.tokens)[b, :int(ds.length[b])].tolist() == want
+
+
+def test_a_row_whose_draft_buffer_fills_stops_proposing_and_stays_exact(tiny_pair):
+    """A draft prompt as long as the buffer allows: after a few rounds a row has no room for a round's
+    proposals, proposes nothing from then on (plain steps), and the output still equals plain greedy."""
+    target, draft = tiny_pair
+    vmap = tiny_map()
+    drafter, dparams = cross_pair(target, draft, vmap)
+    size = max(len(p) for p in PROMPTS) + 20 + 3 + 2
+    long = np.tile(np.asarray([1, 4, 0, 5]), (len(PROMPTS), 64))[:, :drafter.prompt_room(size, 3)]
+    plain = run(target, None, PROMPTS, gamma=3, max_new=20, vmap=vmap)
+    state = run(target, (drafter, dparams), PROMPTS, gamma=3, max_new=20, vmap=vmap, draft_prompts=long)
+    assert np.array_equal(np.asarray(plain.tokens)[:, :28], np.asarray(state.tokens)[:, :28])
+    Sd = drafter.buffer(size)
+    assert np.all(np.asarray(state.draft.length) + 3 + 1 > Sd)  # every row ran out of room
+    assert np.asarray(state.stats.rounds).sum() > np.asarray(state.stats.drafted).sum() / 3  # rounds without proposals
+    with pytest.raises(ValueError, match="more than its buffer"):  # one slot wider than the room: refused when traced
+        run(target, (drafter, dparams), PROMPTS, gamma=3, max_new=20, vmap=vmap,
+            draft_prompts=np.ones((len(PROMPTS), drafter.prompt_room(size, 3) + 3 + 2), np.int32))

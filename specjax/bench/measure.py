@@ -84,6 +84,10 @@ def drafter_time(sampler: Sampler, *, batch: int, sampling: SamplingConfig, targ
     batch_in = loop.Batch.make(prompt_bp, np.full((batch,), context, np.int32), sampling=sampling,
                                max_new_tokens=size - context - gamma - 2, key=jax.random.key(0),
                                vocab_size=sampler.vocab_limit)
+    if getattr(sampler.drafter, "own_prompt", False):  # a draft with its own tokenizer: a context in its ids
+        rows = sampler.drafter.lm.config.vocab_size
+        batch_in = batch_in.replace(draft_prompt=jnp.asarray(context_tokens(batch, context, rows)),
+                                    draft_lengths=jnp.full((batch,), context, jnp.int32))
     params, draft_params = sampler.params, sampler.draft_params
     state = jax.jit(dec.start)(params, draft_params, batch_in)
     keys_b = jax.random.split(jax.random.key(1), batch)

@@ -23,6 +23,11 @@ Attributes read by the gamma="auto" policy (`specjax.policy`), with defaults in 
                            never picks a plain (width 0) round, except as the batch fallback
     default_cost: float    cost of one proposal in target steps, assumed until `specjax calibrate` ran
 
+Optional, for a draft with its own tokenizer (`specjax.drafters.crossvocab`):
+    own_prompt: bool       the loop's `Batch` carries the prompts in the drafter's own tokens
+                           (`draft_prompt`, `draft_lengths`); its `prefill` reads them from
+                           `TargetPrefill.draft_tokens` / `draft_lengths`
+
 Methods, in the order the loop calls them:
     init(draft_params, target_params, batch, size) -> dstate
         allocate the drafter's state for `batch` rows and `size` buffer slots.

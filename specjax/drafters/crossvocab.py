@@ -198,6 +198,11 @@ class CrossVocabDrafter(Stateless):
     def buffer(self, size: int) -> int:
         return self.slack * size + self.max_len + 2
 
+    def prompt_room(self, size: int, gamma: int) -> int:
+        """The longest draft prompt (padding included) a buffer for a target buffer of `size` holds,
+        with room for a first round."""
+        return self.buffer(size) - self.max_len - gamma - 2
+
     def init(self, draft_params, target_params, batch: int, size: int):
         Sd = self.buffer(size)
         zeros = jnp.zeros((batch,), jnp.int32)
@@ -231,6 +236,9 @@ class CrossVocabDrafter(Stateless):
             raise ValueError("a draft with its own tokenizer needs the prompts in its tokens (Batch.draft_prompt)")
         prompt_bp, lengths_b = prefill.draft_tokens.astype(jnp.int32), prefill.draft_lengths.astype(jnp.int32)
         B, P = prompt_bp.shape
+        if P + self.max_len + 2 > ds.tokens.shape[1]:  # shapes are static: this is a trace-time check
+            raise ValueError(f"the draft's prompts are {P} tokens wide, more than its buffer of {ds.tokens.shape[1]} "
+                             "slots holds; pad them to at most `CrossVocabDrafter.prompt_room(size, gamma)`")
         active_b = prefill.positions[:, 0] >= 0
         j = jnp.arange(P)
         positions_bp = jnp.where((j < lengths_b[:, None]) & active_b[:, None], j, -1)
@@ -271,6 +279,9 @@ class CrossVocabDrafter(Stateless):
         ds: CrossState = state.draft
         params = draft_params["model"]
         Sd = ds.tokens.shape[1]
+        if draft_params["t2d"].shape[0] != self.target_vocab:
+            raise ValueError(f"the vocabulary map covers {draft_params['t2d'].shape[0]} target ids, the target has "
+                             f"{self.target_vocab}")
         room_b = ds.length + gamma + 1 <= Sd
         live_b = ~state.done & room_b & (ds.length > 0)
         allowed_v = draft_params["d2t"] >= 0
