@@ -107,13 +107,14 @@ class CompiledCache:
     """Compiled programs, one per (decoder, bucket, mesh, ...); counts compilations.
 
     Least recently used entries are dropped beyond `capacity` entries, and while the process holds
-    more than `map_share` of the kernel's memory-mapping limit: every XLA:CPU executable maps each of
-    its kernels' code and data separately (a `gamma="auto"` program for SmolLM2 holds ~5,000
+    more than `map_share` of the kernel's memory-mapping limit: every XLA:CPU executable maps each
+    of its kernels' code and data separately (a `gamma="auto"` program for SmolLM2 holds ~5,000
     mappings, a plain one ~1,500), and a process past Linux's default vm.max_map_count of 65,530
-    aborts inside LLVM ("Unable to allocate section memory") on its next compilation. The entry just
-    built is always kept. `count_maps` / `map_limit` are injectable for tests."""
+    aborts inside LLVM ("Unable to allocate section memory") on its next compilation; 3/4 of it
+    leaves room for the next compile. The entry just built is always kept. `count_maps` /
+    `map_limit` are injectable for tests."""
 
-    def __init__(self, capacity: int = 24, *, map_share: float = 0.5, count_maps=process_mappings,
+    def __init__(self, capacity: int = 24, *, map_share: float = 0.75, count_maps=process_mappings,
                  map_limit=mapping_limit):
         self.table: dict[Any, Any] = {}
         self.capacity = capacity

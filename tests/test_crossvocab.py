@@ -130,7 +130,7 @@ def test_greedy_output_with_a_draft_of_another_vocabulary_equals_plain_greedy(ti
     assert np.asarray(spec.stats.drafted).sum() > 0
 
 
-@pytest.mark.parametrize("max_new", [1, 2, 3, 5, 8, 13])
+@pytest.mark.parametrize("max_new", [1, 3, 8, 13])
 def test_the_draft_sequence_is_the_draft_encoding_of_every_committed_token(tiny_pair, max_new):
     """After the last round of a call of any length (so after every round), each row's draft sequence
     is its prompt's draft encoding followed by the draft encodings of the committed target tokens, and

@@ -310,7 +310,7 @@ def cross_draft(models, cls=crossvocab.CrossVocabDrafter):
     return cross_pair(models[0], models[1], cls=cls)
 
 
-@pytest.mark.parametrize("name", ["temperature-1", "top-p-0.8"])
+@pytest.mark.parametrize("name", ["temperature-1", pytest.param("top-p-0.8", marks=pytest.mark.slow)])
 def test_samples_follow_the_target_with_a_draft_of_another_vocabulary(models, name):
     target, cfg = models[0], CONFIGS[name]
     index, state = sample_rows(target, cross_draft(models), [cfg] * N, with_state=True)
@@ -319,7 +319,7 @@ def test_samples_follow_the_target_with_a_draft_of_another_vocabulary(models, na
     assert np.asarray(state.stats.accepted).sum() > 0.1 * np.asarray(state.stats.drafted).sum()
 
 
-@pytest.mark.parametrize("name", ["temperature-1", "top-p-0.8"])
+@pytest.mark.parametrize("name", ["temperature-1", pytest.param("top-p-0.8", marks=pytest.mark.slow)])
 def test_a_rule_that_ignores_the_intersection_is_detected(models, name):
     target, cfg = models[0], CONFIGS[name]
     counts = sample_continuations(target, cross_draft(models, IgnoresTheIntersection), cfg)

@@ -166,6 +166,7 @@ def tokenizer_pair():
             GGUFCheckpoint(resolve("smollm2-135m-instruct", progress=False)).tokenizer())
 
 
+@pytest.mark.slow  # make test-all: reading Gemma 3's 262k-token vocabulary from its GGUF takes ~40 s
 def test_the_smollm2_and_gemma3_vocabularies_match_by_bytes(tokenizer_pair):
     from specjax.drafters.crossvocab import check_shared, tokenizer_vocab_map
 
