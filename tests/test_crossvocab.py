@@ -285,3 +285,23 @@ def test_a_row_whose_draft_buffer_fills_stops_proposing_and_stays_exact(tiny_pai
     with pytest.raises(ValueError, match="more than its buffer"):  # one slot wider than the room: refused when traced
         run(target, (drafter, dparams), PROMPTS, gamma=3, max_new=20, vmap=vmap,
             draft_prompts=np.ones((len(PROMPTS), drafter.prompt_room(size, 3) + 3 + 2), np.int32))
+
+
+def test_time_to_first_token_runs_the_program_a_call_compiled():
+    """`runner.ttft_ms` for a draft of another vocabulary builds the draft prompt as a call does, so it
+    times the compiled program of `measure` and compiles nothing."""
+    from conftest import Tiny
+
+    from specjax import sampler as sampler_lib
+    from specjax.bench.runner import ttft_ms
+    from specjax.sampler import Sampler
+
+    t_tok = byte_level_tokenizer([" the", " cat", "the"])
+    d_tok = byte_level_tokenizer([" the", "the", " ca", "at"])
+    sampler = Sampler(Tiny(tiny_lm(0, vocab=t_tok.vocab_size).module, t_tok),
+                      Tiny(tiny_lm(1, vocab=d_tok.vocab_size).module, d_tok), gamma=2)
+    prompts = ["the cat" * 7, " the"]  # 21 draft tokens: a call pads them to 24 (size buckets), not 32
+    sampler(prompts, max_new_tokens=6)
+    before = sampler_lib.COMPILED.compilations
+    assert ttft_ms(sampler, prompts, batch=2, max_new_tokens=6, repeats=1) > 0
+    assert sampler_lib.COMPILED.compilations == before

@@ -108,9 +108,14 @@ def ttft_ms(sampler: Sampler, prompts: Sequence, *, batch: int = 1, sampling: Sa
     sampling = sampling or SamplingConfig()
     runs = []
     for group in batches(prompts, batch):
-        batch_in = sampler.batch(encode_prompts(sampler.tokenizer, group, chat=chat), sampling=sampling,
-                                 max_new_tokens=max_new_tokens, seed=seed)
-        decoder = sampler.decoder(max_new_tokens=max_new_tokens, prompt_len=batch_in.prompt.shape[1])
+        ids = encode_prompts(sampler.tokenizer, group, chat=chat)
+        own = getattr(sampler.drafter, "own_prompt", False)  # a draft with its own tokenizer: as the call does it
+        batch_in = sampler.batch(ids, sampling=sampling, max_new_tokens=max_new_tokens, seed=seed,
+                                 draft_ids=[] if own else None)
+        decoder = sampler.decoder(max_new_tokens=max_new_tokens, prompt_len=batch_in.prompt.shape[1],
+                                  batch=batch_in.prompt.shape[0])
+        if own:
+            batch_in = sampler.with_draft_prompt(batch_in, sampler.draft_prompts(group, ids, chat=chat), decoder)
         program, _ = sampler.program(decoder, batch_in)
         args = (sampler.params, sampler.draft_params, batch_in)
 
