@@ -102,6 +102,12 @@ class Tokenizer:
         """Ids of special (control) tokens: they stand for no text."""
         return {i for i, t in self.backend.get_added_tokens_decoder().items() if t.special}
 
+    def byte_fallback_ids(self) -> set[int]:
+        """Ids of SentencePiece's byte-fallback tokens <0xNN> (none for a byte-level vocabulary)."""
+        if self.kind() != "sentencepiece":
+            return set()
+        return {i for i in range(self.vocab_size) if _BYTE_TOKEN.fullmatch(self.token(i) or "")}
+
     def token_bytes(self) -> list[bytes | None]:
         """The bytes each id stands for (None for special tokens and unused ids), in one spelling for
         both kinds of vocabulary, so that two tokenizers' tokens can be matched by their bytes."""

@@ -372,10 +372,11 @@ class Sampler:
             must_observe=getattr(self.drafter, "must_observe", False), path=self.calibration, **self.policy_options)
 
     def batch(self, ids: list[list[int]], *, sampling=None, max_new_tokens=64, seed=0, eos_ids=None,
-              draft_ids: list[list[int]] | None = None) -> Batch:
+              draft_ids: list[list[int]] | None = None, defer_draft_prompt: bool = False) -> Batch:
         """Host-side inputs for these tokenised prompts: padded to the buckets, settings per row.
         draft_ids: the prompts in a draft's own tokenizer (a drafter with `own_prompt`); by default the
-        draft encoding of `ids` through its vocabulary map."""
+        draft encoding of `ids` through its vocabulary map; defer_draft_prompt: leave it to
+        `with_draft_prompt` (which pads it for the call's decoder)."""
         n = len(ids)
         prompt_bp, lengths_b, active_b = pad_batch(ids)
         B = prompt_bp.shape[0]
@@ -396,7 +397,7 @@ class Sampler:
         batch = Batch.make(prompt_bp, lengths_b, active=active_b, max_new_tokens=max_new + [1] * (B - n),
                            sampling=configs, eos_ids=eos_rows, keys=row_keys(seed, n, B), eos_slots=slots,
                            vocab_size=self.vocab_limit or self.vocab_rows)
-        if getattr(self.drafter, "own_prompt", False) and draft_ids != []:  # [] : `with_draft_prompt` follows
+        if getattr(self.drafter, "own_prompt", False) and not defer_draft_prompt:
             draft_ids = self.draft_prompts(None, ids) if draft_ids is None else draft_ids
             if len(draft_ids) != n:
                 raise ConfigError(f"draft_ids has {len(draft_ids)} prompts for {n} prompts")
@@ -453,7 +454,7 @@ class Sampler:
                 raise ConfigError(f"prompt {i} has token ids outside [0, {V})")
         own = getattr(self.drafter, "own_prompt", False)
         batch = self.batch(ids, sampling=sampling, max_new_tokens=max_new_tokens, seed=seed, eos_ids=eos_ids,
-                           draft_ids=[] if own else None)
+                           defer_draft_prompt=own)
         self.check_context(ids, np.asarray(batch.max_new_tokens)[:len(ids)].tolist())
         decoder = self.decoder(max_new_tokens=int(np.max(np.asarray(batch.max_new_tokens))),
                                prompt_len=batch.prompt.shape[1], batch=batch.prompt.shape[0])

@@ -111,7 +111,7 @@ def ttft_ms(sampler: Sampler, prompts: Sequence, *, batch: int = 1, sampling: Sa
         ids = encode_prompts(sampler.tokenizer, group, chat=chat)
         own = getattr(sampler.drafter, "own_prompt", False)  # a draft with its own tokenizer: as the call does it
         batch_in = sampler.batch(ids, sampling=sampling, max_new_tokens=max_new_tokens, seed=seed,
-                                 draft_ids=[] if own else None)
+                                 defer_draft_prompt=own)
         decoder = sampler.decoder(max_new_tokens=max_new_tokens, prompt_len=batch_in.prompt.shape[1],
                                   batch=batch_in.prompt.shape[0])
         if own:

@@ -146,15 +146,10 @@ def tokenizer_vocab_map(target_tok, draft_tok, *, target_rows: int, draft_rows: 
     def special(tok):
         return {i: tok.token(i) for i in tok.special_ids()}
 
-    def fallback(tok):
-        if tok.kind() != "sentencepiece":
-            return set()
-        return {i for i in range(tok.vocab_size) if (tok.token(i) or "").startswith("<0x") and len(tok.token(i)) == 6}
-
     return build_vocab_map(target_tok.token_bytes(), draft_tok.token_bytes(), draft_tok.encode_bytes_many,
                            target_rows=target_rows, draft_rows=draft_rows, target_special=special(target_tok),
-                           draft_special=special(draft_tok), target_fallback=fallback(target_tok),
-                           draft_fallback=fallback(draft_tok))
+                           draft_special=special(draft_tok), target_fallback=target_tok.byte_fallback_ids(),
+                           draft_fallback=draft_tok.byte_fallback_ids())
 
 
 def check_shared(vmap: VocabMap, minimum: float = MIN_SHARED) -> None:
